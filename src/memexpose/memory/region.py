@@ -155,7 +155,8 @@ class MemoryRegion:
 
     Invariants:
         * ``subregions`` is sorted by priority, highest first; among equal
-          priorities the most recently added comes first;
+          priorities the most recently added comes first (``_subregions``
+          holds the reverse of that order);
         * every subregion's ``container`` is this region;
         * the graph of subregion and alias edges has no cycle;
         * every region reachable from a region of a system is in that system.
@@ -391,7 +392,7 @@ class MemoryRegion:
     @property
     def subregions(self) -> tuple[MemoryRegion, ...]:
         """Subregions in rendering order (priority high to low, newest first)."""
-        return tuple(self._subregions)
+        return tuple(reversed(self._subregions))
 
     @property
     def system(self) -> MemorySystem | None:
@@ -501,12 +502,14 @@ class MemoryRegion:
         child._container = self
         child._addr = offset
         child._priority = priority
+        # Stored in reverse rendering order (lowest priority first, oldest
+        # first among equals) so the common case, adding at the same or a
+        # higher priority, is an append.
         subs = self._subregions
-        for i, other in enumerate(subs):
-            if priority >= other._priority:
-                subs.insert(i, child)
-                return
-        subs.append(child)
+        j = len(subs)
+        while j and subs[j - 1]._priority > priority:
+            j -= 1
+        subs.insert(j, child)
 
     def del_subregion(self, child: MemoryRegion) -> None:
         """Remove ``child`` from this container (it keeps its system).
@@ -645,7 +648,7 @@ class MemoryRegion:
         """Assert the class invariants for this region's subtree (tests call this)."""
         for mr in self.walk():
             prios = [c._priority for c in mr._subregions]
-            assert prios == sorted(prios, reverse=True), f"{mr.name}: subregions out of order"
+            assert prios == sorted(prios), f"{mr.name}: subregions out of order"
             for c in mr._subregions:
                 assert c._container is mr, f"{c.name}: container link broken"
                 assert c._system is mr._system or mr._system is None, f"{c.name}: system"
