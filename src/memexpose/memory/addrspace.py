@@ -16,7 +16,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from memexpose.errors import InvalidAccessError, MemoryModelError
 from memexpose.memory.flatview import FlatRange, FlatView
@@ -84,6 +84,7 @@ class AddressSpace:
         self.name = name
         self.root = root
         self.system = system
+        self._byteorder: Literal["little", "big"] = "big" if system.big_endian else "little"
         self._listeners: list[MemoryListener] = []
         self._flatview: FlatView = FlatView(None, [])
         self._flatview = system._register_address_space(self)
@@ -154,12 +155,12 @@ class AddressSpace:
         i = bisect_right(view.starts, addr) - 1
         if i >= 0:
             fr = view.ranges[i]
-            end = addr + size
-            if end <= fr.end and fr.read_view is not None and not attrs.memory or (
-                    end <= fr.end and fr.read_view is not None and fr.mr.ram):
+            # Direct: RAM or romd (M2) and inside the range (M3); a memory-only
+            # access to romd falls to the slow path for its ACCESS_ERROR (M9).
+            if addr + size <= fr.end and fr.read_view is not None and (
+                    not attrs.memory or fr.mr.ram):
                 o = addr + fr.host_delta
-                return int.from_bytes(fr.read_view[o:o + size],
-                                      "big" if self.system.big_endian else "little"), MEMTX_OK
+                return int.from_bytes(fr.read_view[o:o + size], self._byteorder), MEMTX_OK
         return self._load_slow(addr, size, attrs)
 
     def write(self, addr: int, value: int, size: int,
@@ -180,8 +181,7 @@ class AddressSpace:
             fr = view.ranges[i]
             if addr + size <= fr.end and fr.write_view is not None:
                 o = addr + fr.host_delta
-                fr.write_view[o:o + size] = (value & _MASKS[size]).to_bytes(
-                    size, "big" if self.system.big_endian else "little")
+                fr.write_view[o:o + size] = (value & _MASKS[size]).to_bytes(size, self._byteorder)
                 return MEMTX_OK
         return self._store_slow(addr, value, size, attrs)
 
