@@ -26,7 +26,7 @@ from memexpose import __version__
 __all__ = ["COMMAND_MODULES", "cli", "main"]
 
 #: Modules that register commands on :data:`cli` when imported.
-COMMAND_MODULES: list[str] = ["memexpose.cli.bench", "memexpose.cli.demo"]
+COMMAND_MODULES: list[str] = ["memexpose.cli.bench", "memexpose.cli.demo", "memexpose.cli.mtree"]
 
 _LOG_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
 
