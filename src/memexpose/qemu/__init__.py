@@ -6,7 +6,9 @@
 * ``parse_mtree`` rebuilds that memory map with ``memexpose.memory`` (with
   the facts the tree text lacks taken from the flat text, see
   ``memexpose.qemu.mtree``); ``render_qemu_flat``/``render_qemu_tree`` print
-  what our model makes of it, to compare with QEMU's own output.
+  what our model makes of it, to compare with QEMU's own output;
+* ``QtestClient`` drives a QEMU through the qtest protocol (with QMP), with
+  the same verbs as ``memexpose.hw.QtestLikeDriver`` so one script runs on both.
 
 This layer imports only ``memexpose.memory`` and ``memexpose.errors`` (and
 the layers in between, through their packages).
@@ -24,6 +26,7 @@ from memexpose.qemu.mtree import (
     render_qemu_flat,
     render_qemu_tree,
 )
+from memexpose.qemu.qtest import QtestClient, halt_bios_image
 
 __all__ = [
     "FlatHintRange",
@@ -37,4 +40,6 @@ __all__ = [
     "parse_mtree",
     "render_qemu_flat",
     "render_qemu_tree",
+    "QtestClient",
+    "halt_bios_image",
 ]
