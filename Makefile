@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
 
-.PHONY: venv qemu test test-fast lint demo bench clean
+.PHONY: venv qemu test test-fast lint demo bench firmware clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ demo: venv
 
 bench: venv
 	$(VENV)/bin/memexpose bench --all --table
+
+# Rebuild the guest programs with Debian's binutils (the built images are committed).
+firmware:
+	$(MAKE) -C firmware
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

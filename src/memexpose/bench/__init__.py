@@ -47,7 +47,12 @@ __all__ = [
 ]
 
 #: Modules that register benchmarks when imported, in listing order.
-BENCHMARK_MODULES: list[str] = ["memexpose.bench.memory"]
+BENCHMARK_MODULES: list[str] = [
+    "memexpose.bench.memory",
+    "memexpose.bench.pci",
+    "memexpose.bench.link",
+    "memexpose.bench.machine",
+]
 
 #: Keys every benchmark result must have.
 REQUIRED_KEYS: tuple[str, ...] = ("value", "unit", "baseline", "ratio")

@@ -26,7 +26,13 @@ from memexpose import __version__
 __all__ = ["COMMAND_MODULES", "cli", "main"]
 
 #: Modules that register commands on :data:`cli` when imported.
-COMMAND_MODULES: list[str] = ["memexpose.cli.bench", "memexpose.cli.demo", "memexpose.cli.mtree"]
+COMMAND_MODULES: list[str] = [
+    "memexpose.cli.bench",
+    "memexpose.cli.demo",
+    "memexpose.cli.mtree",
+    "memexpose.cli.pci",
+    "memexpose.cli.run",
+]
 
 _LOG_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
 

@@ -190,8 +190,11 @@ class AddressSpace:
         big = self.system.big_endian
         if attrs.memory and not mr.ram:
             return 0, MEMTX_ACCESS_ERROR
-        if fr is not None and fr.read_view is not None:
-            # Direct, but crossing the range end: the byte path walks on.
+        # Fix (reference 4.2, QEMU ld*): a RAM range shorter than the access
+        # is not direct; the whole access is dispatched to the RAM region's
+        # (unassigned) ops, never split. Only RAM reached through an IOMMU
+        # or a romd range still takes the byte path here.
+        if fr is not None and fr.read_view is not None and not (mr.ram and length < size):
             buf = bytearray(size)
             result = self.read_into(addr, buf, attrs)
             return int.from_bytes(buf, "big" if big else "little"), result
@@ -205,7 +208,9 @@ class AddressSpace:
         big = self.system.big_endian
         if attrs.memory and not mr.ram:
             return MEMTX_ACCESS_ERROR
-        if fr is not None and fr.write_view is not None:
+        # Fix (reference 4.2, QEMU st*): as in _load_slow, a RAM range shorter
+        # than the access sends the whole store to the RAM region's ops.
+        if fr is not None and fr.write_view is not None and length >= size:
             return self.write_bytes(addr, (value & _MASKS[size]).to_bytes(
                 size, "big" if big else "little"), attrs)
         value &= _MASKS[size]

@@ -169,6 +169,7 @@ class MemoryRegion:
         "_container",
         "_enabled",
         "_nonvolatile",
+        "_owns_hostmem",
         "_priority",
         "_readonly",
         "_romd_mode",
@@ -216,6 +217,8 @@ class MemoryRegion:
         self.ops: MemoryRegionOps = _UNASSIGNED_OPS
         self.hostmem: HostMemory | None = None
         self.hostmem_offset = 0
+        # Whether ``hostmem`` was created here (close() releases only that).
+        self._owns_hostmem = False
         self.disable_reentrancy_guard = False
 
     # -- constructors -----------------------------------------------------
@@ -325,6 +328,7 @@ class MemoryRegion:
             if offset:
                 raise MemoryModelError(f"region {self.name!r}: hostmem_offset without hostmem")
             hostmem = HostMemory.memfd(self.name, self._size)
+            self._owns_hostmem = True
         elif offset < 0 or offset + self._size > hostmem.size:
             raise RegionSizeError(
                 f"region {self.name!r}: {self._size:#x} bytes at offset {offset:#x} do not fit "
@@ -601,10 +605,12 @@ class MemoryRegion:
         """
         if addr == self._addr:
             return
+        # Fix: validate before every branch (a region in a container of no
+        # system used to accept any address).
+        if not 0 <= addr < ADDR_SPACE_END:
+            raise MemoryModelError(f"address {addr:#x} of {self.name!r} outside 0..2**64")
         container = self._container
         if container is None:
-            if not 0 <= addr < ADDR_SPACE_END:
-                raise MemoryModelError(f"address {addr:#x} of {self.name!r} outside 0..2**64")
             self._addr = addr
             return
         system = container._system
@@ -612,8 +618,6 @@ class MemoryRegion:
             container._remove_child(self)
             container._insert_child(addr, self, self._priority)
             return
-        if not 0 <= addr < ADDR_SPACE_END:
-            raise MemoryModelError(f"address {addr:#x} of {self.name!r} outside 0..2**64")
         with system.transaction():
             container.del_subregion(self)
             container._add_subregion(addr, self, self._priority)
@@ -641,7 +645,9 @@ class MemoryRegion:
         if self._container is not None:
             raise MemoryModelError(
                 f"region {self.name!r} is still in {self._container.name!r}; del_subregion first")
-        if self.hostmem is not None:
+        # Fix: a hostmem passed in belongs to the caller (init_ram's contract);
+        # closing it here broke other regions sharing the same backing.
+        if self.hostmem is not None and self._owns_hostmem:
             self.hostmem.close()
 
     def _check_invariants(self) -> None:

@@ -69,9 +69,11 @@ class MemorySystem:
 
     def commit(self) -> None:
         """Close a transaction; the outermost one re-renders and notifies."""
+        # Fix: checked before the try, whose finally would otherwise release
+        # a lock we do not hold and turn this error into a RuntimeError.
+        if self._depth <= 0:
+            raise MemoryModelError("commit without a matching begin")
         try:
-            if self._depth <= 0:
-                raise MemoryModelError("commit without a matching begin")
             self._depth -= 1
             if self._depth == 0 and self._pending:
                 self._update_topology()
@@ -129,6 +131,11 @@ class MemorySystem:
                 listener.commit()
         finally:
             self._notifying = False
+            # Fix: if a listener raised (e.g. ListenerMutationError), the
+            # address spaces after it kept their stale view while _pending
+            # was already cleared. Every AS gets its new view regardless.
+            for as_, view in zip(self._address_spaces, new_views, strict=True):
+                as_._flatview = view
 
     def _view_for(self, root: MemoryRegion | None, cache: dict[int, FlatView]) -> FlatView:
         fv_root = flatview_root(root)
