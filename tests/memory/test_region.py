@@ -12,6 +12,7 @@ from memexpose.errors import (
 )
 from memexpose.memory import (
     ADDR_SPACE_END,
+    MEMTX_OK,
     AddressSpace,
     HostMemory,
     IOMMUMemoryRegion,
@@ -308,21 +309,42 @@ def test_containment_cycle_refused() -> None:
     assert x.container is None and y.subregions == ()
 
 
-def test_alias_cycle_refused() -> None:
+def test_endless_alias_loop_refused() -> None:
     sysmem, root, as_ = _system_tree()
     c = MemoryRegion.init_container("c", KB)
     root.add_subregion(0, c)
-    direct = MemoryRegion.init_alias("self", c, 0, KB)
-    with pytest.raises(RegionCycleError):
-        c.add_subregion(0, direct)
-    # Through a chain of aliases.
-    a1 = MemoryRegion.init_alias("a1", root, 0, KB)
-    a2 = MemoryRegion.init_alias("a2", a1, 0, KB)
     before = _snapshot(root)
+    renders = sysmem.renders
+    # An alias at 0 showing its own container from 0: every pass shows the
+    # same window again, so rendering would never end (rule R8).
+    direct = MemoryRegion.init_alias("self", c, 0, KB)
+    with pytest.raises(RegionCycleError, match="self"):
+        c.add_subregion(0, direct)
+    assert direct.container is None and c.subregions == ()
+    # Through a chain of aliases, placed where the window does not move.
+    a1 = MemoryRegion.init_alias("a1", root, 0x10, KB)
+    a2 = MemoryRegion.init_alias("a2", a1, 0, KB)
     with pytest.raises(RegionCycleError):
         c.add_subregion(0x10, a2)
     assert _snapshot(root) == before
     assert a2.container is None
+    assert sysmem.renders == renders
+
+
+def test_alias_inside_the_region_it_shows_renders_like_qemu() -> None:
+    """QEMU renders an alias inside its own target: each pass shifts the
+    window and clipping ends the recursion (ARMSSE boards do this)."""
+    sysmem, root, as_ = _system_tree()
+    c = MemoryRegion.init_container("c", 0x100)
+    ram = MemoryRegion.init_ram("r", 0x40)
+    c.add_subregion(0, ram)
+    root.add_subregion(0x1000, c)
+    window = MemoryRegion.init_alias("window", c, 0, 0x80)
+    c.add_subregion(0x80, window)
+    ranges = [(fr.start, fr.end, fr.mr.name, fr.offset_in_region) for fr in as_.flatview.ranges]
+    assert ranges == [(0x1000, 0x1040, "r", 0), (0x1080, 0x10C0, "r", 0)]
+    as_.write(0x1010, 0x5A, 1)
+    assert as_.read(0x1090, 1) == (0x5A, MEMTX_OK)
 
 
 @pytest.mark.parametrize("ctor", ["ram", "rom", "rom_device"])

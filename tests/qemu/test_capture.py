@@ -119,6 +119,11 @@ MACHINES = [
                  marks=pytest.mark.qemu("qemu-system-aarch64")),
     pytest.param("qemu-system-arm", ["-M", "vexpress-a9"], id="arm-vexpress-a9",
                  marks=pytest.mark.qemu("qemu-system-arm")),
+    # ARMSSE boards place an alias inside the container it shows (rule R8).
+    pytest.param("qemu-system-arm", ["-M", "musca-b1"], id="arm-musca-b1",
+                 marks=pytest.mark.qemu("qemu-system-arm")),
+    pytest.param("qemu-system-arm", ["-M", "mps2-an521"], id="arm-mps2-an521",
+                 marks=pytest.mark.qemu("qemu-system-arm")),
     pytest.param("qemu-system-ppc", ["-M", "40p"], id="ppc-40p",
                  marks=pytest.mark.qemu("qemu-system-ppc")),
     pytest.param("qemu-system-ppc", ["-M", "mac99"], id="ppc-mac99",

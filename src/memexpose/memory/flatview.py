@@ -17,6 +17,9 @@ R6. Adjacent ranges merge only when they show the same region with
     continuous offsets and equal flags (``flatrange_mergeable``).
 R7. Address spaces share one flat view when the flat-view-root descent ends
     on the same region.
+R8. An alias may sit inside the region it shows; each pass shifts its window
+    and clipping ends the recursion. A loop that does not end (a window that
+    maps onto itself) is refused when it is built.
 
 QEMU implements R4/R5 by inserting each terminating region into the gaps of
 a sorted array. We compute the same answer differently: the walk records
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import logging
 from bisect import bisect_right
 from typing import TYPE_CHECKING
 
@@ -38,7 +42,16 @@ from memexpose.memory.types import ADDR_SPACE_END
 if TYPE_CHECKING:
     from memexpose.memory.region import MemoryRegion
 
-__all__ = ["FlatRange", "FlatView", "flatview_root", "render_flatview"]
+__all__ = [
+    "MAX_ALIAS_DEPTH",
+    "FlatRange",
+    "FlatView",
+    "find_alias_loops",
+    "flatview_root",
+    "render_flatview",
+]
+
+log = logging.getLogger(__name__)
 
 
 class FlatRange:
@@ -174,7 +187,13 @@ def flatview_root(mr: MemoryRegion | None) -> MemoryRegion | None:
     through a container whose only enabled child sits at 0 and fits inside.
     A disabled region, or a container with no enabled child, gives None.
     """
+    seen: set[int] = set()
     while mr is not None and mr._enabled:
+        if id(mr) in seen:
+            # An alias that shows its own container whole: stop here rather
+            # than walk the loop forever.
+            return mr
+        seen.add(id(mr))
         target = mr._alias
         if target is not None:
             if mr._alias_offset == 0 and mr._size >= target._size:
@@ -200,9 +219,13 @@ def flatview_root(mr: MemoryRegion | None) -> MemoryRegion | None:
     return None
 
 
+MAX_ALIAS_DEPTH = 256
+"""Alias hops on one rendering path before a loop is declared endless (R8)."""
+
+
 def _collect(mr: MemoryRegion, base: int, clip_start: int, clip_end: int, readonly: bool,
-             nonvolatile: bool, windows: list[tuple[int, int, int, MemoryRegion, int, bool, bool]]
-             ) -> None:
+             nonvolatile: bool, windows: list[tuple[int, int, int, MemoryRegion, int, bool, bool]],
+             alias_depth: int, loops: list[MemoryRegion]) -> None:
     """Append the visible window of every terminating region, in visit order."""
     if not mr._enabled:  # R1
         return
@@ -217,11 +240,14 @@ def _collect(mr: MemoryRegion, base: int, clip_start: int, clip_end: int, readon
         return
     target = mr._alias
     if target is not None:  # R3
+        if alias_depth >= MAX_ALIAS_DEPTH:  # R8
+            loops.append(mr)
+            return
         _collect(target, base - target._addr - mr._alias_offset, start, end, readonly,
-                 nonvolatile, windows)
+                 nonvolatile, windows, alias_depth + 1, loops)
         return
     for child in reversed(mr._subregions):  # R4
-        _collect(child, base, start, end, readonly, nonvolatile, windows)
+        _collect(child, base, start, end, readonly, nonvolatile, windows, alias_depth, loops)
     if mr.terminates:  # R5
         windows.append((start, end, len(windows), mr, start - base, readonly, nonvolatile))
 
@@ -291,9 +317,27 @@ def render_flatview(root: MemoryRegion | None) -> FlatView:
             gc.enable()
 
 
+def find_alias_loops(region: MemoryRegion) -> list[MemoryRegion]:
+    """Return the aliases below ``region`` where rendering would never end (R8).
+
+    An alias may sit inside the region it shows (QEMU allows it: each pass
+    shifts the window and clipping ends the recursion). A loop whose window
+    maps onto itself never ends; QEMU would exhaust its stack.
+    """
+    loops: list[MemoryRegion] = []
+    _collect(region, 0, 0, ADDR_SPACE_END, False, False, [], 0, loops)
+    return loops
+
+
 def _render(root: MemoryRegion) -> FlatView:
     windows: list[tuple[int, int, int, MemoryRegion, int, bool, bool]] = []
-    _collect(root, 0, 0, ADDR_SPACE_END, False, False, windows)
+    loops: list[MemoryRegion] = []
+    _collect(root, 0, 0, ADDR_SPACE_END, False, False, windows, 0, loops)
+    if loops:
+        # Reachable only by moving regions of an already accepted loop so
+        # that a window maps onto itself; render what is finite.
+        log.warning("endless alias loop through %s: rendered only %d levels deep",
+                    ", ".join(sorted({mr.name for mr in loops})), MAX_ALIAS_DEPTH)
     ranges: list[FlatRange] = []
     last: FlatRange | None = None
     for start, end, w in _paint(windows):

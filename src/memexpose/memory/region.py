@@ -27,6 +27,7 @@ from memexpose.errors import (
     RegionInUseError,
     RegionSizeError,
 )
+from memexpose.memory.flatview import find_alias_loops
 from memexpose.memory.hostmem import HostMemory
 from memexpose.memory.ops import MemoryRegionOps, UnassignedOps
 from memexpose.memory.types import ADDR_SPACE_END, MemTxAttrs
@@ -451,7 +452,8 @@ class MemoryRegion:
 
         Raises:
             RegionInUseError: ``child`` already has a container.
-            RegionCycleError: ``child`` contains (or aliases) this region.
+            RegionCycleError: ``child`` contains this region, or an alias below it
+                would show its own window endlessly.
             MemoryModelError: offset outside 0..2**64, or another system.
         """
         self._add_subregion(offset, child, 0)
@@ -479,10 +481,15 @@ class MemoryRegion:
         if not 0 <= offset < ADDR_SPACE_END:
             raise MemoryModelError(
                 f"cannot place {child.name!r} in {self.name!r} at {offset:#x}: outside 0..2**64")
-        if child is self or any(mr is self for mr in child.walk()):
-            raise RegionCycleError(
-                f"adding {child.name!r} to {self.name!r} would make {self.name!r} contain "
-                "itself (through subregions or alias targets)")
+        ancestor: MemoryRegion | None = self
+        while ancestor is not None:
+            if ancestor is child:
+                raise RegionCycleError(
+                    f"adding {child.name!r} to {self.name!r} would make {child.name!r} contain "
+                    "itself")
+            ancestor = ancestor._container
+        if any(mr is self for mr in child.walk()):
+            self._refuse_endless_alias_loop(offset, child, priority)
         system = self._system
         if system is not None and child._system is not None and child._system is not system:
             raise MemoryModelError(
@@ -501,6 +508,29 @@ class MemoryRegion:
             self._insert_child(offset, child, priority)
             if self._enabled and child._enabled:
                 system._topology_changed()
+
+    def _refuse_endless_alias_loop(self, offset: int, child: MemoryRegion,
+                                   priority: int) -> None:
+        """Raise if placing ``child`` (which reaches this region) loops forever (R8).
+
+        The child reaches this region through an alias, so the alias will show
+        its own container. QEMU renders that when each pass shifts the window;
+        a trial render of this region with the child in place tells.
+        """
+        old_addr, old_priority = child._addr, child._priority
+        self._insert_child(offset, child, priority)
+        try:
+            loops = find_alias_loops(self)
+        finally:
+            self._remove_child(child)
+            child._addr, child._priority = old_addr, old_priority
+        if loops:
+            names = ", ".join(sorted({mr.name for mr in loops}))
+            raise RegionCycleError(
+                f"adding {child.name!r} to {self.name!r} at {offset:#x} makes alias {names} "
+                f"show its own window again and again (no shift between passes): rendering "
+                "would never end; place the alias where its window moves, or alias a "
+                "region that does not contain it")
 
     def _insert_child(self, offset: int, child: MemoryRegion, priority: int) -> None:
         child._container = self

@@ -74,11 +74,9 @@ H6. *Address-space order* is the order of the `` AS`` lines in the flat
 Without hints: an ``i/o`` region terminates iff it has no subregions, and
 nothing is inferred.
 
-Known limit: an alias placed inside the region it shows (ARMSSE boards:
-``alias 3 @arm-sse-cpu-container0`` inside that container) is refused by
-the memory layer (``RegionCycleError``), so those captures raise
-``MtreeParseError`` at that line. QEMU renders them (clipping ends the
-recursion). ``ParsedMtree.notes`` lists every inferred fact and
+An alias placed inside the region it shows (ARMSSE boards:
+``alias 3 @arm-sse-cpu-container0`` inside that container) renders as in
+QEMU: clipping ends the recursion (docs/memory.md R8). ``ParsedMtree.notes`` lists every inferred fact and
 ``ParsedMtree.flat_mismatch`` how many flat lines still differ (0 when the
 model reproduces the hints).
 """
