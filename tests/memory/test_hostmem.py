@@ -192,3 +192,20 @@ def test_repr_names_kind_and_state() -> None:
     assert "anonymous" in repr(mem) and "'r'" in repr(mem)
     mem.close()
     assert "closed" in repr(mem)
+
+
+def test_pin_keeps_pages_mapped_across_close() -> None:
+    import ctypes
+
+    from memexpose.memory import HostMemory
+
+    hm = HostMemory.memfd("pinned", 4096)
+    hm.view[0:4] = b"\x01\x02\x03\x04"
+    pin = hm.pin()
+    hm.close()
+    assert hm.closed and hm.fd is None
+    # The CPU's mapping still reads the old pages: nothing was unmapped.
+    assert ctypes.string_at(pin.address, 4) == b"\x01\x02\x03\x04"
+    pin.release()
+    pin.release()
+    assert pin.released

@@ -502,3 +502,34 @@ def test_repr_mentions_kind_and_state() -> None:
     assert "'cont'" in repr(c) and "disabled" in repr(c)
     a = MemoryRegion.init_alias("a", c, 0x10, 16)
     assert "alias @cont+0x10" in repr(a)
+
+
+def test_revoke_direct_during_a_commit_serves_through_ops() -> None:
+    """M11: a RAM range stops being direct at once, even inside a listener."""
+    from memexpose.memory import MemoryListener
+
+    sysmem, root, as_ = _system_tree()
+    ram = MemoryRegion.init_ram("peer-ram", 0x1000)
+    root.add_subregion(0x4000, ram)
+    as_.write(0x4010, 0x11223344, 4)
+
+    class Forward(MemoryRegionOps):
+        def read(self, offset: int, size: int) -> int:
+            return 0xA0 + (offset & 0xF)
+
+    revoked = []
+
+    class Revoker(MemoryListener):
+        def region_add(self, section) -> None:  # type: ignore[no-untyped-def]
+            if section.mr.name == "trigger" and not revoked:
+                ram.revoke_direct(Forward())
+                revoked.append(True)
+
+    as_.register_listener(Revoker())
+    view = as_.flatview
+    root.add_subregion(0x9000, MemoryRegion.init_io("trigger", 0x10, MemoryRegionOps()))
+    assert revoked
+    assert as_.read(0x4013, 1) == (0xA3, MEMTX_OK)
+    assert as_.flatview is not view  # the trigger's commit rendered once
+    with pytest.raises(MemoryModelError):
+        MemoryRegion.init_container("c", 0x10).revoke_direct(Forward())

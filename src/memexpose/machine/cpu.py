@@ -64,6 +64,7 @@ from memexpose.machine.mapping import (
 from memexpose.memory import (
     AddressSpace,
     Endianness,
+    HostMemoryPin,
     MemoryListener,
     MemoryRegion,
     MemoryRegionOps,
@@ -299,12 +300,13 @@ def _guard_owner(mr: MemoryRegion) -> Any:
 class _Mapped:
     """A mapping applied to Unicorn, with what keeps it alive."""
 
-    __slots__ = ("callbacks", "hook", "mapping")
+    __slots__ = ("callbacks", "hook", "mapping", "pin")
 
     def __init__(self, mapping: CpuMapping) -> None:
         self.mapping = mapping
         self.callbacks: tuple[Any, ...] = ()
         self.hook: int | None = None
+        self.pin: HostMemoryPin | None = None
 
 
 class _CpuListener(MemoryListener):
@@ -610,6 +612,8 @@ class UnicornCPU:
             uc.mem_unmap(m.start, m.size)
             if m.kind == KIND_DIRECT:
                 uc.ctl_remove_cache(m.start, m.end)
+            if entry.pin is not None:
+                entry.pin.release()
         old_keys = {e.mapping.key() for e in keep}
         for m in plan:
             if m.key() in old_keys:
@@ -630,7 +634,10 @@ class UnicornCPU:
                 perms = ucc.UC_PROT_READ | ucc.UC_PROT_EXEC
                 if m.writable:
                     perms |= ucc.UC_PROT_WRITE
-                uc.mem_map_ptr(m.start, m.size, perms, m.hostmem.host_address() + m.host_offset)
+                # Pinned: a close() elsewhere (a peer's invalidation) must not
+                # unmap pages Unicorn uses until this mapping is removed.
+                entry.pin = m.hostmem.pin()
+                uc.mem_map_ptr(m.start, m.size, perms, entry.pin.address + m.host_offset)
                 # Code at these addresses may have been translated from other bytes.
                 uc.ctl_remove_cache(m.start, m.end)
             else:
@@ -1325,6 +1332,8 @@ class UnicornCPU:
                 if entry.hook is not None:
                     self.uc.hook_del(entry.hook)
                 self.uc.mem_unmap(entry.mapping.start, entry.mapping.size)
+                if entry.pin is not None:
+                    entry.pin.release()
             self._mapped = []
             self._pending_plan = None
 
@@ -1335,7 +1344,7 @@ class UnicornCPU:
             assert entry.mapping.start >= end, f"overlap or disorder at {entry.mapping!r}"
             end = entry.mapping.end
             if entry.mapping.kind == KIND_DIRECT:
-                assert entry.mapping.hostmem is not None and not entry.mapping.hostmem.closed
+                assert entry.pin is not None and not entry.pin.released
             else:
                 assert entry.callbacks, f"{entry.mapping!r} lost its callbacks"
         mapped = {(e.mapping.start, e.mapping.end - 1) for e in self._mapped}

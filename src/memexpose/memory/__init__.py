@@ -16,7 +16,7 @@ This layer knows nothing of devices, sockets or CPUs.
 
 from memexpose.memory.addrspace import AddressSpace
 from memexpose.memory.flatview import FlatRange, FlatView, flatview_root, render_flatview
-from memexpose.memory.hostmem import HostMemory, HostMemoryKind
+from memexpose.memory.hostmem import HostMemory, HostMemoryKind, HostMemoryPin
 from memexpose.memory.listener import MemoryListener, MemoryRegionSection
 from memexpose.memory.mtree import format_mtree, normalize_blocks, split_blocks
 from memexpose.memory.ops import (
@@ -72,6 +72,7 @@ __all__ = [
     "FlatView",
     "HostMemory",
     "HostMemoryKind",
+    "HostMemoryPin",
     "IOMMUMemoryRegion",
     "IOMMUTLBEntry",
     "MemTxAttrs",

@@ -105,6 +105,12 @@ class FlatRange:
         self.write_view = view if (mr.ram and not mr._readonly and not mr.rom_device) else None
         self.host_delta = mr.hostmem_offset + offset_in_region - start
 
+    def _drop_direct(self) -> None:
+        """Make accesses to this range go through its region's ops (revoke_direct)."""
+        self.read_view = None
+        self.write_view = None
+        self.romd_mode = False
+
     def same_as(self, other: FlatRange) -> bool:
         """QEMU's ``flatrange_equal``: same region, place, offset and flags."""
         return (self.mr is other.mr and self.start == other.start and self.end == other.end

@@ -26,7 +26,7 @@ import threading
 
 from memexpose.errors import HostMemoryError
 
-__all__ = ["HostMemory", "HostMemoryKind"]
+__all__ = ["HostMemory", "HostMemoryKind", "HostMemoryPin"]
 
 _PAGE_SIZE = mmap.PAGESIZE
 # Linux memfd seal bits (fcntl.h); F_SEAL_FUTURE_WRITE is Linux 5.1+.
@@ -43,6 +43,42 @@ class HostMemoryKind(enum.Enum):
     MEMFD = "memfd"
     FILE = "file"
     FOREIGN = "foreign"
+
+
+class HostMemoryPin:
+    """Keeps a ``HostMemory``'s pages mapped until ``release``, even across ``close``.
+
+    A CPU that maps host memory by address (Unicorn's ``mem_map_ptr``) pins it
+    so that a ``close`` elsewhere (a peer invalidating a shared range) cannot
+    unmap pages the CPU still uses; the pages go when the last pin is
+    released after the CPU has unmapped them.
+
+    Attributes:
+        address: host virtual address of byte 0 of the memory.
+        size: bytes pinned.
+    """
+
+    __slots__ = ("_view", "address", "size")
+
+    def __init__(self, view: memoryview, address: int) -> None:
+        self._view: memoryview | None = view
+        self.address = address
+        self.size = len(view)
+
+    @property
+    def released(self) -> bool:
+        """Whether ``release`` has run."""
+        return self._view is None
+
+    def release(self) -> None:
+        """Drop the pin; safe to call more than once."""
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+
+    def __repr__(self) -> str:
+        state = "released" if self._view is None else f"{self.address:#x}+{self.size:#x}"
+        return f"<HostMemoryPin {state}>"
 
 
 class HostMemory:
@@ -212,6 +248,25 @@ class HostMemory:
                     "for a CPU and write-protect it there instead")
             self._ctypes_anchor = ctypes.c_char.from_buffer(self._mmap)
         return ctypes.addressof(self._ctypes_anchor) + self._map_delta
+
+    def pin(self) -> HostMemoryPin:
+        """Return a pin that keeps the pages mapped until it is released.
+
+        Raises:
+            HostMemoryError: the memory is closed or mapped read-only.
+        """
+        if self.view is None or self._mmap is None:
+            raise HostMemoryError(f"host memory {self.name!r} is closed; cannot pin it")
+        if self.readonly:
+            raise HostMemoryError(f"host memory {self.name!r} is mapped read-only; cannot pin "
+                                  "it for a CPU (map a writable copy and write-protect it)")
+        # A view derived from ours shares the mmap export, so mmap.close()
+        # cannot unmap while it lives (close() tolerates that).
+        view = self.view[:]
+        anchor = ctypes.c_char.from_buffer(view)
+        address = ctypes.addressof(anchor)
+        del anchor  # the address stays valid while ``view`` holds the export
+        return HostMemoryPin(view, address)
 
     def seal_future_writes(self) -> None:
         """Forbid new writable mappings of a memfd (read-only sharing).

@@ -666,6 +666,38 @@ class MemoryRegion:
             return
         self._mutate(lambda: setattr(self, "_alias_offset", offset), always=False)
 
+    def revoke_direct(self, ops: MemoryRegionOps) -> None:
+        """Stop direct access to this RAM region now: serve it through ``ops`` (M11).
+
+        For a peer's RAM that must not be touched any more while the map
+        cannot change yet (a commit is running, so ``del_subregion`` would
+        raise ``ListenerMutationError``). The region becomes an MMIO region
+        served by ``ops``; every range of the current flat views that shows it
+        stops being direct. Nothing is re-rendered and listeners are not
+        called: remove the region after the commit. Allowed during a commit
+        and from inside listeners. Machine lock held.
+
+        Raises:
+            MemoryModelError: the region is not RAM or a ROM device.
+            TypeError: ``ops`` is not a ``MemoryRegionOps``.
+        """
+        if not (self.ram or self.rom_device):
+            raise MemoryModelError(f"region {self.name!r} has no direct access to revoke")
+        if not isinstance(ops, MemoryRegionOps):
+            raise TypeError(f"region {self.name!r}: ops must be a MemoryRegionOps instance")
+        self.ops = ops
+        self.ram = False
+        self.rom_device = False
+        self._readonly = False
+        system = self._system
+        if system is not None:
+            views = {id(as_._flatview): as_._flatview for as_ in system._address_spaces}
+            views.update((id(view), view) for view in system._incoming_views)
+            for view in views.values():
+                for fr in view.ranges:
+                    if fr.mr is self:
+                        fr._drop_direct()
+
     def close(self) -> None:
         """Release host memory this region created; the region must be unmapped.
 

@@ -49,6 +49,8 @@ class MemorySystem:
         self._notifying = False
         self._address_spaces: list[AddressSpace] = []
         self._listeners: list[MemoryListener] = []
+        # The views a running commit is installing (revoke_direct patches them too).
+        self._incoming_views: list[FlatView] = []
         self.renders = 0
         """How many flat views were rendered (statistics)."""
 
@@ -116,6 +118,7 @@ class MemorySystem:
         new_views = []
         for as_ in self._address_spaces:
             new_views.append(self._view_for(as_.root, views))
+        self._incoming_views = new_views
         self._notifying = True
         try:
             for listener in self._listeners:
@@ -131,6 +134,7 @@ class MemorySystem:
                 listener.commit()
         finally:
             self._notifying = False
+            self._incoming_views = []
             # Fix: if a listener raised (e.g. ListenerMutationError), the
             # address spaces after it kept their stale view while _pending
             # was already cleared. Every AS gets its new view regardless.

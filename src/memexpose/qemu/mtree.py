@@ -76,9 +76,9 @@ nothing is inferred.
 
 An alias placed inside the region it shows (ARMSSE boards:
 ``alias 3 @arm-sse-cpu-container0`` inside that container) renders as in
-QEMU: clipping ends the recursion (docs/memory.md R8). ``ParsedMtree.notes`` lists every inferred fact and
-``ParsedMtree.flat_mismatch`` how many flat lines still differ (0 when the
-model reproduces the hints).
+QEMU: clipping ends the recursion (docs/memory.md R8). ``ParsedMtree.notes``
+lists every inferred fact and ``ParsedMtree.flat_mismatch`` how many flat
+lines still differ (0 when the model reproduces the hints).
 """
 
 from __future__ import annotations
