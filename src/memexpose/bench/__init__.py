@@ -52,6 +52,7 @@ BENCHMARK_MODULES: list[str] = [
     "memexpose.bench.pci",
     "memexpose.bench.link",
     "memexpose.bench.machine",
+    "memexpose.bench.remote",
 ]
 
 #: Keys every benchmark result must have.

@@ -32,6 +32,7 @@ COMMAND_MODULES: list[str] = [
     "memexpose.cli.mtree",
     "memexpose.cli.pci",
     "memexpose.cli.run",
+    "memexpose.cli.serve_device",
 ]
 
 _LOG_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
