@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from link.peer import Machine, default_spec, run_peer, run_raw_peer
+from tests.link.peer import Machine, default_spec, run_peer, run_raw_peer
 
 CTX = multiprocessing.get_context("forkserver")
-CTX.set_forkserver_preload(["memexpose.memory", "memexpose.link", "link.peer"])
+CTX.set_forkserver_preload(["memexpose.memory", "memexpose.link", "tests.link.peer"])
 
 
 class PeerError(Exception):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from link.peer import ANON, COUNTER, RAM, SWITCH, WINDOW_BASE, default_spec
+from tests.link.peer import ANON, COUNTER, RAM, SWITCH, WINDOW_BASE, default_spec
 from memexpose.errors import ConfigError, ConnectError, LinkClosedError, LinkStateError
 from memexpose.link import (
     Exposure,

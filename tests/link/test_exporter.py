@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from link.peer import ANON, COUNTER, RAM, WINDOW_BASE
+from tests.link.peer import ANON, COUNTER, RAM, WINDOW_BASE
 from memexpose.errors import ConfigError
 from memexpose.link import Exposure, codec
 from memexpose.memory import (
@@ -44,7 +44,7 @@ def test_exposure_of_a_range_is_bounds_checked_and_shares_are_clipped(pair) -> N
 def test_exporter_refuses_out_of_window_requests_itself(sockdir, local, peer) -> None:
     import os
 
-    from link.peer import default_spec
+    from tests.link.peer import default_spec
 
     path = os.path.join(sockdir, "raw")
     me = local(default_spec("local", ("unix", path, True), expose=(RAM, 0x1000)))
@@ -63,7 +63,7 @@ def test_exporter_refuses_out_of_window_requests_itself(sockdir, local, peer) ->
 def test_exposure_of_a_region_finds_where_it_sits(local, sockdir) -> None:
     import os
 
-    from link.peer import default_spec
+    from tests.link.peer import default_spec
 
     me = local(default_spec("m", ("unix", os.path.join(sockdir, "x"), True), expose=None))
     box = MemoryRegion.init_container("box", 0x10000)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from link.peer import ANON, RAM, WINDOW_BASE, default_spec
+from tests.link.peer import ANON, RAM, WINDOW_BASE, default_spec
 from memexpose.memory import MEMTX_DECODE_ERROR, MEMTX_ERROR, MEMTX_OK
 
 pytestmark = pytest.mark.timeout(60)

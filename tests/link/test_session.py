@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from link.peer import RAM, SLOW, WINDOW_BASE, default_spec, hammer, run_in_thread
+from tests.link.peer import RAM, SLOW, WINDOW_BASE, default_spec, hammer, run_in_thread
 from memexpose.errors import LinkTimeoutError, ProtocolError
 from memexpose.link import LinkState, codec
 from memexpose.memory import MEMTX_ERROR, MEMTX_OK

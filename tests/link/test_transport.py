@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from link.peer import default_spec
+from tests.link.peer import default_spec
 from memexpose.errors import LinkError, ProtocolError
 from memexpose.link import Channel, TcpTransport, UnixTransport, codec
 

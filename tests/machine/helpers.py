@@ -45,33 +45,8 @@ class Rig:
 
 
 def import_qmp_client() -> tuple[type, type]:
-    """Return ``(QMPClient, ExecuteError)`` from the PyPI package ``qemu.qmp``.
+    """Return ``(QMPClient, ExecuteError)`` from the PyPI package ``qemu.qmp``."""
+    from qemu.qmp import ExecuteError, QMPClient
 
-    ``tests/qemu/__init__.py`` makes a package named ``qemu`` that shadows the
-    PyPI one when ``tests/`` is on ``sys.path`` (pytest puts it there), so
-    import ``qemu.qmp`` with ``tests/`` hidden.
-    """
-    import importlib
-    import sys
+    return QMPClient, ExecuteError
 
-    tests_dir = str(Path(__file__).resolve().parents[1])
-    shadow = sys.modules.get("qemu")
-    if shadow is not None and str(getattr(shadow, "__file__", "")).startswith(tests_dir):
-        saved = {name: mod for name, mod in sys.modules.items()
-                 if name == "qemu" or name.startswith("qemu.")}
-        for name in saved:
-            del sys.modules[name]
-    else:
-        saved = {}
-    path = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(tests_dir)]
-    try:
-        qmp = importlib.import_module("qemu.qmp")
-    finally:
-        sys.path[:] = path
-        pypi = {name: mod for name, mod in sys.modules.items()
-                if name == "qemu" or name.startswith("qemu.")}
-        for name in pypi:
-            del sys.modules[name]
-        sys.modules.update(saved)
-    return qmp.QMPClient, qmp.ExecuteError

@@ -1,0 +1,1 @@
+"""memexpose test suite (a package, so test folders never shadow real packages like qemu)."""
