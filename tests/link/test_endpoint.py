@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from tests.link.peer import ANON, COUNTER, RAM, SWITCH, WINDOW_BASE, default_spec
 from memexpose.errors import ConfigError, ConnectError, LinkClosedError, LinkStateError
 from memexpose.link import (
     Exposure,
@@ -18,6 +17,7 @@ from memexpose.link import (
     UnixTransport,
 )
 from memexpose.memory import MEMTX_OK, AddressSpace, MemoryRegion, MemorySystem
+from tests.link.peer import ANON, COUNTER, RAM, SWITCH, WINDOW_BASE, default_spec
 
 pytestmark = pytest.mark.timeout(60)
 

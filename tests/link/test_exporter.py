@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.link.peer import ANON, COUNTER, RAM, WINDOW_BASE
 from memexpose.errors import ConfigError
 from memexpose.link import Exposure, codec
 from memexpose.memory import (
@@ -19,6 +18,7 @@ from memexpose.memory import (
     MemoryRegion,
     MemTxAttrs,
 )
+from tests.link.peer import ANON, COUNTER, RAM, WINDOW_BASE
 
 pytestmark = pytest.mark.timeout(60)
 

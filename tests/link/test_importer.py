@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from tests.link.peer import ANON, RAM, WINDOW_BASE, default_spec
 from memexpose.memory import MEMTX_DECODE_ERROR, MEMTX_ERROR, MEMTX_OK
+from tests.link.peer import ANON, RAM, WINDOW_BASE, default_spec
 
 pytestmark = pytest.mark.timeout(60)
 

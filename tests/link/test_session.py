@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from tests.link.peer import RAM, SLOW, WINDOW_BASE, default_spec, hammer, run_in_thread
 from memexpose.errors import LinkTimeoutError, ProtocolError
 from memexpose.link import LinkState, codec
 from memexpose.memory import MEMTX_ERROR, MEMTX_OK
+from tests.link.peer import RAM, SLOW, WINDOW_BASE, default_spec, hammer, run_in_thread
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from tests.link.peer import default_spec
 from memexpose.errors import LinkError, ProtocolError
 from memexpose.link import Channel, TcpTransport, UnixTransport, codec
+from tests.link.peer import default_spec
 
 pytestmark = pytest.mark.timeout(60)
 
