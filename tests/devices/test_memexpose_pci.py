@@ -144,6 +144,30 @@ def test_build_from_options(tmp_path) -> None:
     assert not os.path.exists(path)
 
 
+def test_bar64_off_and_msi_off_for_stock_qemu(tmp_path) -> None:
+    pc = MiniPC(ram_size=1 << 20)
+    path = str(tmp_path / "s")
+    dev = memexpose_pci_from_options({"socket": path, "shm_size": "0x80000000",
+                                      "bar64": "off", "msi": "off"}, lock=pc.system.lock)
+    assert dev.msi is None and dev.bars[2] is None
+    assert not dev.bar(1).is_64 and dev.bar(1).size == 0x8000_0000
+    pc.add(dev, slot=5)
+    assert dev.do_config_read(0x14, 4) == 0  # 32-bit, not prefetchable
+    assert not dev.do_config_read(0x06, 2) & 0x10  # no capability list
+    dev.do_config_write(0x14, 0xFFFF_FFFF, 4)
+    assert dev.do_config_read(0x14, 4) == 0x8000_0000
+    assert dev.do_config_read(0x18, 4) == 0  # no upper half
+    dev.close()
+    # The defaults stay as the spec: a 64-bit BAR1 and MSI.
+    dev = memexpose_pci_from_options({"socket": path, "bar64": "on"}, lock=pc.system.lock)
+    assert dev.bar(1).is_64 and dev.msi is not None
+    dev.close()
+    with pytest.raises(ConfigError, match="does not fit a 32-bit BAR1"):
+        MemexposePCI(path, lock=pc.system.lock, window_size=1 << 32, bar64=False)
+    with pytest.raises(ConfigError, match="bar64='2': expected on or off"):
+        memexpose_pci_from_options({"socket": path, "bar64": "2"}, lock=pc.system.lock)
+
+
 # -- two VMs, two processes ------------------------------------------------------------
 
 

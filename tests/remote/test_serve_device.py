@@ -101,6 +101,16 @@ def test_usage_errors_exit_2(args: list[str], message: str) -> None:
     assert message in result.output
 
 
+def test_help_lists_the_device_types_and_their_options() -> None:
+    result = CliRunner().invoke(cli, ["serve-device", "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "Device types:" in text
+    assert "edu QEMU's edu teaching device" in text
+    assert "memexpose-pci memexpose peer link (1af4:1111)" in text
+    assert "bar64" in text and "msi" in text
+
+
 def test_fd_must_be_a_stream_socket() -> None:
     r, w = os.pipe()
     try:

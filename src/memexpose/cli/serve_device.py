@@ -92,7 +92,18 @@ def _device_help() -> str:
                      for t in REMOTE_DEVICES.values())
 
 
-@cli.command("serve-device",
+class _ServeDeviceCommand(click.Command):
+    """``--help`` ends with the device types registered when it is shown."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        with formatter.section("Device types"):
+            formatter.write_dl([(t.name, f"{t.description} (options: "
+                                         f"{', '.join(sorted(t.options)) or 'none'})")
+                                for t in REMOTE_DEVICES.values()])
+
+
+@cli.command("serve-device", cls=_ServeDeviceCommand,
              short_help="Serve a PCI device to a VM (QEMU x-pci-proxy-dev or remote-pci).")
 @click.argument("device")
 @click.option("--fd", "fd", type=int, default=None,
@@ -120,6 +131,8 @@ def serve_device(device: str, fd: int | None, path: str | None, opts: tuple[str,
     Examples:
       memexpose serve-device edu --fd 3
       memexpose serve-device edu --socket /tmp/edu.sock --opt dma_mask=0xffffffff
+      memexpose serve-device memexpose-pci --fd 3 --opt socket=/tmp/mx.sock \\
+          --opt bar64=off --opt msi=off --opt shm_size=0x10000000
     """
     if (fd is None) == (path is None):
         raise click.UsageError("give exactly one of --fd N and --socket PATH")

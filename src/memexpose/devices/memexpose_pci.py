@@ -9,6 +9,12 @@ capability with one vector:
   of two): the window onto the peer's exposed memory. Accesses are
   forwarded to the peer, or hit its RAM directly once shared.
 
+Served to stock QEMU through its ``x-pci-proxy-dev`` (``memexpose
+serve-device memexpose-pci``), build it with ``bar64=False`` (BAR1 is then
+a 32-bit BAR of at most 2 GiB: QEMU 7.2's proxy does not understand 64-bit
+BARs) and ``msi=False`` (no MSI capability: the proxy delivers INTx only,
+so a guest driver must not pick MSI). The defaults stay as the spec says.
+
 Interrupts follow the level "RX queue non-empty": with MSI off, INTx is
 that level (it drops when RECV pops the last entry); with MSI on, one
 message is sent per empty-to-non-empty transition, so the guest drains
@@ -52,6 +58,7 @@ MEMEXPOSE_PCI_VENDOR_ID = 0x1AF4
 MEMEXPOSE_PCI_DEVICE_ID = 0x1111
 MEMEXPOSE_PCI_REVISION = 2
 _CLASS_MEMORY_RAM = 0x0500
+_BAR32_MAX = 1 << 31
 
 
 class MemexposePCI(PCIDevice):
@@ -76,10 +83,16 @@ class MemexposePCI(PCIDevice):
         connect_timeout: seconds an ENABLE may spend connecting (in the
             background) before STATUS shows CONNECT_FAILED.
         readonly_share, direct: as ``MemexposeEndpoint``.
+        bar64: BAR1 is a 64-bit BAR (the spec; default). False gives a
+            32-bit BAR, whose ``window_size`` is at most 2 GiB: for stock
+            QEMU's proxy, which sizes BARs as 32-bit ones only.
+        msi: offer the MSI capability (default). False leaves INTx as the
+            only interrupt, as stock QEMU's proxy delivers.
         id, path: as ``PCIDevice``.
 
     Raises:
-        ConfigError: a bad window size, no lock, or what the endpoint refuses.
+        ConfigError: a bad window size (over 2 GiB with ``bar64=False``), no
+            lock, or what the endpoint refuses.
 
     Invariants:
         * ``core.regs`` is BAR0 and ``core.window`` is BAR1;
@@ -91,8 +104,12 @@ class MemexposePCI(PCIDevice):
                  exposure: Exposure | None = None, window_size: int = 0x1000,
                  lock: threading.RLock | None = None, name: str = "memexpose-pci",
                  role: int | None = None, timeout: float = 2.0, connect_timeout: float = 5.0,
-                 readonly_share: str = "seal", direct: bool = True, id: str | None = None,
-                 path: str | None = None) -> None:
+                 readonly_share: str = "seal", direct: bool = True, bar64: bool = True,
+                 msi: bool = True, id: str | None = None, path: str | None = None) -> None:
+        if not bar64 and isinstance(window_size, int) and window_size > _BAR32_MAX:
+            raise ConfigError(f"{name}: window_size {window_size:#x} does not fit a 32-bit "
+                              "BAR1 (at most 0x80000000, 2 GiB); use a smaller window or "
+                              "bar64=True (not understood by stock QEMU's proxy)")
         super().__init__("memexpose-pci", vendor_id=MEMEXPOSE_PCI_VENDOR_ID,
                          device_id=MEMEXPOSE_PCI_DEVICE_ID, revision=MEMEXPOSE_PCI_REVISION,
                          class_code=_CLASS_MEMORY_RAM, interrupt_pin=1, id=id, path=path)
@@ -101,9 +118,10 @@ class MemexposePCI(PCIDevice):
             lock=lock, irq_handler=self._irq_level, owner=self.owner, role=role,
             timeout=timeout, connect_timeout=connect_timeout, readonly_share=readonly_share,
             direct=direct)
-        MSICap(self, nr_vectors=1, msi64bit=True, per_vector_mask=False)
+        if msi:
+            MSICap(self, nr_vectors=1, msi64bit=True, per_vector_mask=False)
         self.register_bar(0, self.core.regs)
-        self.register_bar(1, self.core.window, mem64=True)
+        self.register_bar(1, self.core.window, mem64=bar64)
         self.msi_messages = 0
         """MSI messages sent (statistics)."""
 
@@ -175,7 +193,8 @@ class MemexposePCI(PCIDevice):
 
 MEMEXPOSE_PCI_OPTIONS = (
     "socket", "tcp", "listen", "server", "shm_size", "role", "expose_start", "expose_size",
-    "expose", "readonly", "direct", "timeout", "connect_timeout", "name", "id",
+    "expose", "readonly", "direct", "timeout", "connect_timeout", "name", "id", "bar64",
+    "msi",
 )
 """The option names ``memexpose_pci_from_options`` accepts."""
 
@@ -236,7 +255,11 @@ def memexpose_pci_from_options(options: Mapping[str, str], *,
       may reach of ``address_space``;
     * ``direct=on|off``: map the peer's RAM directly (default on);
     * ``timeout=S``, ``connect_timeout=S``: seconds (defaults 2 and 5);
-    * ``name=NAME`` (link name), ``id=ID`` (PCI device id).
+    * ``name=NAME`` (link name), ``id=ID`` (PCI device id);
+    * ``bar64=on|off`` (default on): BAR1 64-bit, or 32-bit (at most
+      2 GiB) for stock QEMU's ``x-pci-proxy-dev``;
+    * ``msi=on|off`` (default on): offer MSI, or INTx only (stock QEMU's
+      proxy delivers no MSI).
 
     Args:
         options: the options above.
@@ -285,5 +308,6 @@ def memexpose_pci_from_options(options: Mapping[str, str], *,
         name=options.get("name", "memexpose-pci"), role=role,
         timeout=_float(options, "timeout", 2.0),
         connect_timeout=_float(options, "connect_timeout", 5.0),
-        direct=_bool(options, "direct", True), id=options.get("id"))
+        direct=_bool(options, "direct", True), bar64=_bool(options, "bar64", True),
+        msi=_bool(options, "msi", True), id=options.get("id"))
 

@@ -6,7 +6,8 @@ One device implementation, two VM sides, one wire format (QEMU 7.2's
 * device side: ``RemotePlatform`` (what the device sees: the VM's RAM from
   ``SYNC_SYSMEM``, a bus where its BARs sit at the programmed bases, a clock,
   one INTx line) and ``RemoteDeviceServer`` (the message loop over one
-  socket); ``build_remote_device`` builds a registered type (``edu``, ...);
+  socket); ``build_remote_device`` builds a registered type (``edu``,
+  ``memexpose-pci``);
 * VM side: ``RemotePCIDevice``, the ``remote-pci`` proxy for memexpose's own
   machines (stock QEMU uses its ``x-pci-proxy-dev``);
 * ``wire``: framing, payloads and checks (a module).

@@ -21,7 +21,9 @@ Nothing here reads a socket; ``RemoteDeviceServer`` does.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 
 from memexpose.errors import ConfigError, HostMemoryError, ProtocolError
 from memexpose.hw import IrqLine, PCIDevice, PCIHost, VirtualClock
@@ -36,6 +38,8 @@ from memexpose.memory import (
 from memexpose.remote.wire import close_fds
 
 __all__ = ["RamEntry", "RemotePlatform"]
+
+log = logging.getLogger(__name__)
 
 RamEntry = tuple[int, int, int]
 """One region of guest RAM: ``(gpa, size, offset in its fd)``."""
@@ -91,6 +95,7 @@ class RemotePlatform:
                                 map_irq=lambda slot, pin: 0, name="remote-pci.0")
         self.device: PCIDevice | None = None
         self._ram: list[_Ram] = []
+        self._closers: list[Callable[[], None]] = []
         self.ram_syncs = 0
         """How many RAM maps were applied (statistics; unchanged maps do not count)."""
 
@@ -109,6 +114,14 @@ class RemotePlatform:
         self.host.bus.add_device(device, 0, 0)
         self.device = device
         return device
+
+    def add_closer(self, closer: Callable[[], None]) -> None:
+        """Call ``closer()`` in ``close``, after the device left the bus (machine lock free).
+
+        For device resources that outlive unplugging, e.g. ``MemexposePCI.close``
+        (its link threads and transport). Closers run once, last added first.
+        """
+        self._closers.append(closer)
 
     # -- guest RAM (docs/remote.md R4) ------------------------------------------------
 
@@ -169,10 +182,21 @@ class RemotePlatform:
         return True
 
     def close(self) -> None:
-        """Unplug the device and release every RAM mapping (and its fd). Idempotent."""
+        """Unplug the device, run the closers, release every RAM mapping (and its fd).
+
+        Idempotent. A closer that fails is logged; the others still run.
+        """
         with self.system.transaction():
             if self.device is not None and self.device.bus is not None:
                 self.device.bus.remove_device(self.device)
+        closers, self._closers = self._closers, []
+        for closer in reversed(closers):
+            try:
+                closer()
+            except Exception:
+                log.exception("remote platform %r: closing %r failed", self.system.name,
+                              closer)
+        with self.system.transaction():
             for ram in self._ram:
                 self.sysmem.del_subregion(ram.region)
         for ram in self._ram:

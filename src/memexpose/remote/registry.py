@@ -3,7 +3,9 @@
 A factory takes the ``RemotePlatform`` (its clock, guest RAM, machine lock)
 and the ``--opt K=V`` options as strings, and returns an unplugged
 ``PCIDevice``; ``build_remote_device`` checks the name, builds and plugs it.
-Adding a device type is one ``register_remote_device`` line.
+Resources that outlive unplugging go to ``platform.add_closer``. Adding a
+device type is one ``register_remote_device`` line. Registered here:
+``edu`` and ``memexpose-pci`` (docs/remote.md, "memexpose across stock QEMU").
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from memexpose.devices import EduDevice
+from memexpose.devices import MEMEXPOSE_PCI_OPTIONS, EduDevice, memexpose_pci_from_options
 from memexpose.errors import ConfigError
 from memexpose.hw import PCIDevice
 from memexpose.remote.platform import RemotePlatform
@@ -108,5 +110,25 @@ def _make_edu(platform: RemotePlatform, options: Mapping[str, str]) -> PCIDevice
 
 register_remote_device("edu", _make_edu, options=("dma_mask", "fact_delay_ns", "id"),
                        description="QEMU's edu teaching device (1234:11e8)")
-# memexpose-pci: add one register_remote_device line here once
-# memexpose.devices provides the device.
+
+
+def _make_memexpose_pci(platform: RemotePlatform, options: Mapping[str, str]) -> PCIDevice:
+    """Build a ``MemexposePCI`` whose peer reaches the VM's RAM as ``SYNC_SYSMEM`` maps it.
+
+    The exposure is ``platform.memory`` (docs/remote.md R4, X1); the link
+    runs under the platform's machine lock, the lock the server holds for
+    every message. Served over the multi-process protocol, the defaults are
+    what stock QEMU's proxy understands: ``bar64=off`` (its proxy sizes only
+    32-bit BARs) and ``msi=off`` (it delivers INTx only). Our own
+    ``remote-pci`` proxy handles both: pass ``bar64=on msi=on`` for it.
+    """
+    options = {"bar64": "off", "msi": "off", **options}
+    dev = memexpose_pci_from_options(options, address_space=platform.memory,
+                                     lock=platform.system.lock)
+    platform.add_closer(dev.close)  # the link's threads and transport outlive unplugging
+    return dev
+
+
+register_remote_device("memexpose-pci", _make_memexpose_pci, options=MEMEXPOSE_PCI_OPTIONS,
+                       description="memexpose peer link (1af4:1111) exposing the VM's RAM; "
+                                   "defaults bar64=off msi=off suit stock QEMU's proxy")
