@@ -117,3 +117,91 @@ def test_example_files_run(name: str) -> None:
         reason = machine.run(10)
     assert reason.kind in (StopKind.SHUTDOWN, StopKind.HALT), reason.describe()
     assert out == b"edu: id, liveness, factorial and DMA OK\n"
+
+
+def test_memexpose_devices(tmp_path: Path) -> None:
+    import tempfile
+
+    from memexpose.devices import MemexposePCI, MemexposePlatform
+    from memexpose.link import LinkState
+    from memexpose.machine import parse_fdt
+
+    sockdir = Path(tempfile.mkdtemp(prefix="mxc-"))
+    rich = _write(sockdir, """
+[machine]
+board = "pc"
+ram = "32M"
+
+[[device]]
+type = "memexpose-pci"
+socket = "link.sock"
+window_size = "8K"
+expose = "ram"
+slot = 5
+connect_timeout = 0.5
+""")
+    with build_machine(load_config(rich)) as machine:
+        dev = machine.devices[-1]
+        assert isinstance(dev, MemexposePCI) and dev.address.startswith("00:05")
+        assert dev.endpoint.transport.describe() == f"unix:{sockdir}/link.sock"
+        assert dev.core.window_size == 0x2000
+        exposure = dev.endpoint.exporter.exposure
+        assert (exposure.start, exposure.size) == (0, 32 << 20)
+        assert dev.endpoint.state is LinkState.DISABLED  # the guest enables it
+        assert "1af4:1111" in machine.info_pci()
+    trusted = sockdir / "trusted.toml"
+    trusted.write_text(f"""
+[machine]
+board = "virt"
+firmware = "{FIRMWARE}/build/hello-aarch64.elf"
+
+[[device]]
+type = "memexpose-platform"
+tcp = "127.0.0.1:1"
+window_size = "64M"
+expose_start = 0x40070000
+expose_size = "4K"
+readonly = true
+role = 1
+""")
+    with build_machine(load_config(trusted)) as machine:
+        dev = machine.slot_device
+        assert isinstance(dev, MemexposePlatform) and dev in machine.devices
+        exposure = dev.endpoint.exporter.exposure
+        assert (exposure.start, exposure.size, exposure.readonly) == (0x4007_0000, 0x1000, True)
+        # the device tree gives the window's real size
+        blob, _ = machine.address_space.read_bytes(0x4000_0000, 0x1_0000)
+        node = parse_fdt(blob).find("/memexpose@c000000")
+        assert node is not None
+        assert node.props["reg"][-8:] == (64 << 20).to_bytes(8, "big")
+        assert node.props["compatible"].startswith(b"memexpose-memregion\0")
+    assert not list(sockdir.glob("*.sock"))
+    for path in sockdir.iterdir():
+        path.unlink()
+    sockdir.rmdir()
+
+
+@pytest.mark.parametrize("device,match", [
+    ('type = "memexpose-pci"\nwindow_size = "8K"', r"device\[0\]: give exactly one of socket"),
+    ('type = "memexpose-pci"\nsocket = "a"\ntcp = "h:1"', r"exactly one of socket"),
+    ('type = "memexpose-pci"\ntcp = "nowhere"', r"device\[0\]\.tcp: expected \"HOST:PORT\""),
+    ('type = "memexpose-pci"\nsocket = "a"\nwindow_size = "12K"',
+     r"device\[0\]: .*must be a power of two"),
+    ('type = "memexpose-pci"\nsocket = "a"\nexpose = "all"', r"device\[0\]\.expose: write"),
+    ('type = "memexpose-pci"\nsocket = "a"\nexpose_start = 0', r"needs expose_start .* and "
+     "expose_size"),
+    ('type = "memexpose-pci"\nsocket = "a"\nreadonly = true', r"readonly: nothing is exposed"),
+    ('type = "memexpose-pci"\nsocket = "a"\nrole = 2', r"device\[0\]\.role: expected 0 or 1"),
+    ('type = "memexpose-pci"\nsocket = "a"\nlisten = "yes"', r"listen: expected true or false"),
+    ('type = "memexpose-pci"\nsocket = "a"\ntimeout = 0', r"timeout: expected a positive"),
+    ('type = "memexpose-pci"\nsocket = "a"\nshm_size = 4096', r"unknown key 'shm_size'"),
+    ('type = "memexpose-platform"\nsocket = "a"\nslot = 3', r"unknown key 'slot'"),
+    ('type = "memexpose-platform"\nsocket = "a"\nwindow_size = "128G"',
+     r"the slot window is 0x1000000000 bytes"),
+])
+def test_memexpose_mistakes_are_named(tmp_path: Path, device: str, match: str) -> None:
+    from memexpose.errors import MachineError
+
+    path = _write(tmp_path, f'[machine]\nboard = "virt"\n[[device]]\n{device}\n')
+    with pytest.raises((ConfigError, MachineError), match=match):
+        build_machine(load_config(path))

@@ -1,18 +1,35 @@
-"""``memexpose demo``: a small, real scenario of the memory layer.
+"""``memexpose demo``: the flagship, and the memory-layer scenario.
 
-It builds a board-like memory map (RAM, a ROM, an MMIO counter, an alias
-window and an overlapping higher-priority region), performs accesses through
-the address space, checks what it reads, and prints ``info mtree`` and
-``info mtree -f``. Exit status 0 only if every check holds.
+``memexpose demo`` runs the flagship (docs/flagship.md): a rich OS on an
+x86_64 VM makes secure calls to a trusted OS on an AArch64 VM, two
+processes connected by memexpose, started from ``examples/rich.toml`` and
+``examples/trusted.toml``. It prints both consoles, a summary and a
+verdict that is computed, not assumed (``memexpose.cli.flagship``); exit
+status 0 only on PASS.
+
+``memexpose demo --memory-only`` runs the memory layer's small real
+scenario instead: it builds a board-like memory map (RAM, a ROM, an MMIO
+counter, an alias window and an overlapping higher-priority region),
+performs accesses through the address space, checks what it reads, and
+prints ``info mtree`` and ``info mtree -f``. Exit status 0 only if every
+check holds.
+
+``memexpose flagship-vm FILE`` (hidden) runs one VM of the flagship pair and
+writes its report; the demo starts two of them.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
 import click
 
+from memexpose.cli.flagship import run_flagship
 from memexpose.cli.main import cli
+from memexpose.errors import ConfigError, MachineError
+from memexpose.machine import run_flagship_vm
 from memexpose.memory import (
     MEMTX_DECODE_ERROR,
     MEMTX_OK,
@@ -26,7 +43,7 @@ from memexpose.memory import (
     format_mtree,
 )
 
-__all__ = ["demo"]
+__all__ = ["demo", "flagship_vm"]
 
 
 class CounterOps(MemoryRegionOps):
@@ -134,12 +151,63 @@ def run_memory_demo(echo: object = click.echo) -> bool:
 
 
 @cli.command()
-def demo() -> None:
-    """Run the demo scenario and exit 0 only if every check passes.
+@click.option("--memory-only", is_flag=True,
+              help="Run the memory-layer scenario (mtree, accesses) instead of the flagship.")
+@click.option("--rich", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The rich VM's machine file (default: examples/rich.toml).")
+@click.option("--trusted", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The trusted VM's machine file (default: examples/trusted.toml).")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds the rich VM may run before both VMs are stopped.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the checked figures as JSON to this file.")
+def demo(memory_only: bool, rich: Path | None, trusted: Path | None, timeout: float,
+         json_path: str | None) -> None:
+    """Run the flagship: secure calls from an x86_64 VM to an AArch64 VM over memexpose.
 
-    It builds a board-like memory map with RAM, a ROM, an MMIO counter, an
-    alias window and an overlapping region, accesses it, and prints
-    `info mtree` and `info mtree -f` exactly as QEMU would.
+    Two processes, one per VM, linked by a memexpose UNIX socket: the rich
+    VM's guest finds its memexpose-pci device and calls the trusted OS
+    (VERSION, STORE, LOAD, SIGN over buffers up to 64 KiB); the trusted OS
+    reaches the rich buffers by their physical addresses through its window.
+    Prints both consoles, a summary, and a verdict checked against a model
+    of the trusted OS with the key read from the trusted VM's RAM. Exit
+    status 0 only on PASS.
+
+    With --memory-only: the memory-layer scenario (a board-like memory map,
+    checked accesses, `info mtree` and `info mtree -f` exactly as QEMU).
     """
-    if not run_memory_demo():
-        sys.exit(1)
+    if memory_only:
+        if not run_memory_demo():
+            sys.exit(1)
+        return
+    code = run_flagship(rich, trusted, echo=click.echo, timeout=timeout, json_path=json_path)
+    if code:
+        sys.exit(code)
+
+
+@cli.command("flagship-vm", hidden=True)
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--socket", default=None, help="Replace the memexpose device's socket path.")
+@click.option("--report", default=None, help="Write the VM's JSON report here.")
+@click.option("--timeout", type=float, default=None, help="Seconds (default: the file's).")
+@click.option("--freeze-on-call", type=int, default=None,
+              help="Test aid: SIGSTOP this process when call N arrives.")
+def flagship_vm(config: str, socket: str | None, report: str | None, timeout: float | None,
+                freeze_on_call: int | None) -> None:
+    """Run one VM of the flagship pair (the demo starts two) and report on it."""
+    # Plain log lines (the demo prefixes them); the runner itself says when the link ends.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("memexpose.link").setLevel(logging.ERROR)
+    try:
+        result = run_flagship_vm(config, socket=socket, timeout=timeout,
+                                 freeze_on_call=freeze_on_call)
+    except (ConfigError, MachineError) as exc:
+        click.echo(f"memexpose flagship-vm: {exc}", err=True)
+        sys.exit(2)
+    if report is not None:
+        tmp = f"{report}.tmp"
+        Path(tmp).write_text(result.to_json())
+        Path(tmp).replace(report)
+    sys.exit(result.exit_code)

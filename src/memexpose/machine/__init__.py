@@ -10,7 +10,10 @@
 * ``load_image``/``load_elf``/``load_raw`` (``loader.py``);
 * ``QmpMonitor`` (``monitor.py``): a QMP subset on a UNIX socket;
 * ``MachineConfig`` (``config.py``): a machine described by a TOML file;
-* ``build_fdt``/``parse_fdt`` (``fdt.py``): the device tree ``virt`` passes.
+* ``build_fdt``/``parse_fdt`` (``fdt.py``): the device tree ``virt`` passes;
+* the flagship's host side (``flagship.py``): the mxtee call ABI, its
+  reference model, ``run_flagship_vm`` and ``check_flagship``
+  (docs/flagship.md).
 
 docs/machine.md describes the model.
 """
@@ -44,6 +47,19 @@ from memexpose.machine.cpu import (
     UnicornCPU,
 )
 from memexpose.machine.fdt import FdtNode, build_fdt, parse_fdt
+from memexpose.machine.flagship import (
+    CallRecord,
+    FlagshipResult,
+    MessageArg,
+    MxteeFunction,
+    MxteeModel,
+    TeeStatus,
+    VmReport,
+    check_flagship,
+    load_report,
+    run_flagship_vm,
+    siphash24,
+)
 from memexpose.machine.loader import LoadedImage, load_elf, load_image, load_raw
 from memexpose.machine.machine import Machine, RunState, StopKind, StopReason
 from memexpose.machine.mapping import CpuMapping, plan_mappings
@@ -56,36 +72,47 @@ __all__ = [
     "X86_IRQ_VECTOR",
     "Arch",
     "Board",
+    "CallRecord",
     "CpuExit",
     "CpuExitKind",
     "CpuFault",
     "CpuMapping",
     "DeviceSpec",
     "FdtNode",
+    "FlagshipResult",
     "LoadedImage",
     "Machine",
     "MachineConfig",
     "MapEntry",
+    "MessageArg",
+    "MxteeFunction",
+    "MxteeModel",
     "PcBoard",
     "QmpMonitor",
     "RunState",
     "SlotSpec",
     "StopKind",
     "StopReason",
+    "TeeStatus",
     "Trap",
     "TrapHandler",
     "UnicornCPU",
     "VirtBoard",
+    "VmReport",
     "build_fdt",
     "build_machine",
+    "check_flagship",
     "get_board",
     "human_monitor_command",
     "load_config",
     "load_elf",
     "load_image",
     "load_raw",
+    "load_report",
     "parse_fdt",
     "parse_size",
     "plan_mappings",
     "register_device_type",
+    "run_flagship_vm",
+    "siphash24",
 ]

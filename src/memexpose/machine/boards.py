@@ -295,9 +295,14 @@ class VirtBoard(Board):
                          0x0200_0000, 0, mmio, 0, mmio, 0, mmio_size])
         if machine.slot_device is not None:
             s = self.slot
-            root.add(f"memexpose@{s.regs_addr:x}", compatible="memexpose,platform",
-                     reg=reg(s.regs_addr, s.regs_size) + reg(s.window_addr, s.window_size),
-                     reg_names=["registers", "window"])
+            describe = getattr(machine.slot_device, "fdt_node", None)
+            if describe is not None:  # the device knows its window size (memexpose-platform)
+                node = describe(s.regs_addr, s.window_addr)
+                root.children.append(FdtNode(node.name, dict(node.props)))
+            else:
+                root.add(f"memexpose@{s.regs_addr:x}", compatible="memexpose,platform",
+                         reg=reg(s.regs_addr, s.regs_size) + reg(s.window_addr, s.window_size),
+                         reg_names=["registers", "window"])
         return root
 
     def _boot_registers(self, machine: Machine, image: LoadedImage) -> None:

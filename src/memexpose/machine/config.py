@@ -15,10 +15,27 @@ Example (paths are relative to the file)::
     # slot = 3
     # dma_mask = 0xffffffffffffffff
 
+    [[device]]
+    type = "memexpose-pci"         # or "memexpose-platform" (the board's memexpose slot)
+    socket = "link.sock"           # UNIX socket (fds pass: direct sharing); or tcp = "HOST:PORT"
+    listen = false                 # one side listens, the other connects
+    window_size = "64K"            # BAR1 / MMIO 1: the window onto the peer, a power of two
+    expose = "ram"                 # what the peer may reach: the board's RAM, or
+    # expose_start = 0x40070000    # ... an explicit range (expose_size too); neither: nothing
+    # expose_size = "4K"
+    # readonly = false
+    # role = 0                     # link sub-priority, 0 or 1 (default: negotiated)
+    # timeout = 2.0                # seconds a forwarded access may wait
+    # connect_timeout = 5.0        # seconds an ENABLE may spend connecting
+    # direct = true                # map the peer's shared RAM directly
+    # name = "rich-link"           # names the link, its threads and regions
+    # slot = 4                     # memexpose-pci only: the PCI slot
+
 Every key is checked; a mistake raises ``ConfigError`` naming the file and
-the key. Device types are registered with ``register_device_type`` (the
-machine registers ``edu`` and ``pci-serial``; the memexpose devices add
-their own).
+the key. Device types are registered with ``register_device_type``; the
+machine registers ``edu``, ``pci-serial``, ``memexpose-pci`` and
+``memexpose-platform``. Paths in device tables (``socket``) are relative to
+the file, like ``firmware``.
 """
 
 from __future__ import annotations
@@ -30,8 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memexpose.devices import EduDevice, PCISerial
+from memexpose.devices import EduDevice, MemexposePCI, MemexposePlatform, PCISerial
 from memexpose.errors import ConfigError
+from memexpose.link import Exposure
 from memexpose.machine.boards import BOARDS, get_board, parse_size
 from memexpose.machine.machine import Machine
 
@@ -55,11 +73,14 @@ class DeviceSpec:
         type: the device type name.
         options: the remaining keys.
         where: ``"FILE: device[N]"`` for messages.
+        base: the directory relative paths in the options start from (the
+            file's directory; None: the current directory).
     """
 
     type: str
     options: dict[str, Any]
     where: str
+    base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,8 +175,115 @@ def _make_pci_serial(machine: Machine, spec: DeviceSpec) -> Any:
     return machine.add_device(dev)
 
 
+_MEMEXPOSE_KEYS = {"socket", "tcp", "listen", "window_size", "expose", "expose_start",
+                   "expose_size", "readonly", "role", "timeout", "connect_timeout", "direct",
+                   "name"}
+
+
+def _flag(spec: DeviceSpec, key: str, default: bool) -> bool:
+    value = spec.options.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{spec.where}.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _seconds(spec: DeviceSpec, key: str, default: float) -> float:
+    value = spec.options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{spec.where}.{key}: expected a positive number of seconds, "
+                          f"got {value!r}")
+    return float(value)
+
+
+def _memexpose_args(machine: Machine, spec: DeviceSpec, default_name: str) -> dict[str, Any]:
+    """Check the options both memexpose devices share; return their keyword arguments."""
+    opts = spec.options
+    sock, tcp = opts.get("socket"), opts.get("tcp")
+    if (sock is None) == (tcp is None):
+        raise ConfigError(f"{spec.where}: give exactly one of socket = \"PATH\" (a UNIX socket: "
+                          "RAM is shared directly) and tcp = \"HOST:PORT\"")
+    if sock is not None:
+        transport = "unix:" + _path(Path(spec.base or "."), sock, f"{spec.where}.socket")
+    else:
+        if not isinstance(tcp, str) or ":" not in tcp:
+            raise ConfigError(f"{spec.where}.tcp: expected \"HOST:PORT\", got {tcp!r}")
+        transport = f"tcp:{tcp}"
+    window = parse_size(opts.get("window_size", 0x1000), what=f"{spec.where}.window_size")
+    expose = opts.get("expose")
+    ranged = "expose_start" in opts or "expose_size" in opts
+    exposure = None
+    if expose is not None and expose is not False:
+        if expose != "ram" or ranged:
+            raise ConfigError(f"{spec.where}.expose: write expose = \"ram\" (the board's RAM), "
+                              "or give expose_start and expose_size instead, not both")
+        board = machine.board
+        low = min(machine.ram_size, getattr(board, "below_4g", machine.ram_size))
+        exposure = Exposure.range(machine.address_space, board.ram_base, low,
+                                  readonly=_flag(spec, "readonly", False))
+    elif ranged:
+        start = _option(spec, "expose_start", int, None)
+        if start is None or start < 0 or "expose_size" not in opts:
+            raise ConfigError(f"{spec.where}: an exposed range needs expose_start (an address) "
+                              "and expose_size")
+        size = parse_size(opts["expose_size"], what=f"{spec.where}.expose_size")
+        try:
+            exposure = Exposure.range(machine.address_space, start, size,
+                                      readonly=_flag(spec, "readonly", False))
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.where}: {exc}") from None
+    elif "readonly" in opts:
+        raise ConfigError(f"{spec.where}.readonly: nothing is exposed; add expose = \"ram\" or "
+                          "expose_start/expose_size")
+    role = opts.get("role")
+    if role is not None and (isinstance(role, bool) or role not in (0, 1)):
+        raise ConfigError(f"{spec.where}.role: expected 0 or 1 (or leave it out), got {role!r}")
+    return {
+        "transport": transport,
+        "listen": _flag(spec, "listen", False),
+        "exposure": exposure,
+        "window_size": window,
+        "lock": machine.lock,
+        "name": _option(spec, "name", str, f"{machine.name}.{default_name}"),
+        "role": role,
+        "timeout": _seconds(spec, "timeout", 2.0),
+        "connect_timeout": _seconds(spec, "connect_timeout", 5.0),
+        "direct": _flag(spec, "direct", True),
+    }
+
+
+def _make_memexpose_pci(machine: Machine, spec: DeviceSpec) -> Any:
+    _check_options(spec, _MEMEXPOSE_KEYS | {"slot", "id"})
+    slot = _pci_slot(machine, spec)
+    args = _memexpose_args(machine, spec, "memexpose-pci")
+    try:
+        dev = MemexposePCI(args.pop("transport"), id=_option(spec, "id", str, None), **args)
+    except ConfigError as exc:
+        raise ConfigError(f"{spec.where}: {exc}") from None
+    machine.add_closer(dev.close)
+    with machine.memory.transaction():
+        machine.pci_bus.add_device(dev, slot)
+    return machine.add_device(dev)
+
+
+def _make_memexpose_platform(machine: Machine, spec: DeviceSpec) -> Any:
+    _check_options(spec, _MEMEXPOSE_KEYS)
+    args = _memexpose_args(machine, spec, "memexpose-platform")
+    try:
+        dev = MemexposePlatform(args.pop("transport"), **args)
+    except ConfigError as exc:
+        raise ConfigError(f"{spec.where}: {exc}") from None
+    try:
+        dev.plug(machine)  # the board's memexpose slot; closed with the machine
+    except BaseException:
+        dev.close()
+        raise
+    return dev
+
+
 register_device_type("edu", _make_edu)
 register_device_type("pci-serial", _make_pci_serial)
+register_device_type("memexpose-pci", _make_memexpose_pci)
+register_device_type("memexpose-platform", _make_memexpose_platform)
 
 
 def _path(base: Path, value: Any, where: str) -> str:
@@ -226,7 +354,8 @@ def parse_config(data: dict[str, Any], path: str, base: Path) -> MachineConfig:
         if kind not in DEVICE_TYPES:
             raise ConfigError(f"{where}.type: unknown device type {kind!r}; known types: "
                               f"{', '.join(sorted(DEVICE_TYPES))}")
-        specs.append(DeviceSpec(kind, {k: v for k, v in table.items() if k != "type"}, where))
+        specs.append(DeviceSpec(kind, {k: v for k, v in table.items() if k != "type"}, where,
+                                os.fspath(base)))
     return MachineConfig(path, board.name, ram_size, firmware, load_address,
                          float(timeout) if timeout is not None else None, monitor,
                          tuple(specs), name)
