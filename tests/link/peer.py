@@ -482,6 +482,32 @@ class RawPeer:
         self.mem.sendall(codec.encode_message(codec.ReadReply(req.id, req.prio, result, value)))
         return repr(req)
 
+    def do_answer_read_as(self, how: str, value: int) -> str:
+        """Answer the next READ in a way the requester's fast path must hand on.
+
+        ``how``: ``"split"`` (the reply in two pieces), ``"request_first"``
+        (a WRITE of ours to the requester's RAM + 8, then the reply),
+        ``"fd"`` (the plain reply with a stray fd), ``"other_id"`` (a reply
+        to another id).
+        """
+        req = self._recv_frame()
+        reply = codec.encode_message(codec.ReadReply(req.id, req.prio, 0, value))
+        if how == "split":
+            self.mem.sendall(reply[:10])
+            time.sleep(0.05)
+            self.mem.sendall(reply[10:])
+        elif how == "request_first":
+            write = codec.Write(1, 1 - req.prio, RAM + 8, 0x5A, 1)
+            self.mem.sendall(codec.encode_message(write))
+            time.sleep(0.05)
+            self.mem.sendall(reply)
+        elif how == "fd":
+            self.do_send_with_fd(reply)
+        else:
+            self.mem.sendall(codec.encode_message(codec.ReadReply(req.id + 1, req.prio, 0,
+                                                                  value)))
+        return repr(req)
+
     def do_is_closed(self, timeout: float = 5.0) -> bool:
         """Whether the other side closed the memory channel (EOF) within ``timeout``."""
         ready, _, _ = select.select([self.mem], [], [], timeout)

@@ -244,3 +244,69 @@ def test_priorities_put_invalidation_above_every_access() -> None:
 def test_interrupt_data_must_be_exactly_128_bytes() -> None:
     with pytest.raises(ValueError, match="exactly 128"):
         encode_message(Interrupt(1, b"short"))
+
+
+# -- the hot path's matchers decide exactly what the strict decoder decides ----------------
+
+
+def _mutate(frame: bytes, data: st.DataObject) -> bytes:
+    out = bytearray(frame)
+    for _ in range(data.draw(st.sampled_from([0, 0, 1, 2, 3]))):
+        i = data.draw(st.integers(0, len(out) - 1))
+        out[i] = data.draw(st.sampled_from([0, 1, 2, 4, 7, 8, 0x10, 0x11, 0x13, 0x20, 0x80,
+                                            0xFF]))
+    return bytes(out)
+
+
+@given(messages(), st.data())
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+def test_the_fast_matchers_accept_exactly_the_plain_frames_the_decoder_accepts(
+        msg: codec.Message, data: st.DataObject) -> None:
+    frame = _mutate(encode_message(msg), data)
+    try:
+        decoded: codec.Message | None = decode_message(frame, max_block=MAX_BLOCK)
+    except ProtocolError:
+        decoded = None
+    # Mostly what the frame carries, so that both answers are common.
+    rid = data.draw(st.just(getattr(msg, "id", 1)) | IDS)
+    prio = data.draw(st.just(getattr(msg, "prio", 0)) | PRIOS)
+    if len(frame) == codec.READ_REPLY_LEN:
+        size = data.draw(st.integers(1, 8))
+        got = codec.match_read_reply(frame, 0, codec.head_word(codec.T_READ_REPLY, prio), rid,
+                                     size)
+        plain = (isinstance(decoded, ReadReply) and decoded.id == rid and decoded.prio == prio
+                 and decoded.share is None and decoded.value < 1 << (8 * size))
+        assert (got is not None) == plain
+        if plain:
+            assert got == (decoded.value, decoded.result)
+    if len(frame) == codec.RESULT_SHARE_LEN:
+        got = codec.match_write_reply(frame, 0, codec.head_word(codec.T_WRITE_REPLY, prio), rid)
+        plain = (isinstance(decoded, WriteReply) and decoded.id == rid and decoded.prio == prio
+                 and decoded.share is None)
+        assert (got is not None) == plain
+        if plain:
+            assert got == decoded.result
+    if len(frame) == codec.READ_LEN:
+        got = codec.match_read(frame, 0, codec.head_word(codec.T_READ, prio,
+                                                         codec.FLAG_WANT_SHARE))
+        plain = isinstance(decoded, Read) and decoded.prio == prio
+        assert (got is not None) == plain
+        if plain:
+            assert got == (decoded.id, int(decoded.want_share), decoded.addr, decoded.size,
+                           decoded.attrs)
+    if len(frame) == codec.WRITE_LEN:
+        got = codec.match_write(frame, 0, codec.head_word(codec.T_WRITE, prio,
+                                                          codec.FLAG_WANT_SHARE))
+        plain = isinstance(decoded, Write) and decoded.prio == prio
+        assert (got is not None) == plain
+        if plain:
+            assert got == (decoded.id, int(decoded.want_share), decoded.addr, decoded.value,
+                           decoded.size, decoded.attrs)
+
+
+def test_the_plain_reply_layouts_encode_what_the_message_api_encodes() -> None:
+    head = codec.head_word(codec.T_READ_REPLY, 3)
+    assert codec.READ_REPLY_PLAIN.pack(head, 7, 2, 0x1234) == \
+        encode_message(ReadReply(7, 3, 2, 0x1234))
+    head = codec.head_word(codec.T_WRITE_REPLY, 1)
+    assert codec.WRITE_REPLY_PLAIN.pack(head, 9, 4) == encode_message(WriteReply(9, 1, 4))

@@ -104,6 +104,27 @@ def test_anonymous_ram_is_served_only_by_forwarding(pair) -> None:
     assert other.call("read", ANON + 8 * 9, 2) == (9 * 0x0101, MEMTX_OK)
 
 
+def test_forwarded_accesses_to_ram_follow_every_map_change(pair) -> None:
+    """The exporter's hot range (the RAM range served last) never outlives its view."""
+    me, other = pair()
+    assert me.as_.read(WINDOW_BASE + ANON + 4, 2) == (0x2222, MEMTX_OK)
+    other.call("add_ram", "anon2", None, 0x1000, "anon", 0x33)
+    other.call("swap", "anon", "anon2")
+    assert me.as_.read(WINDOW_BASE + ANON + 4, 2) == (0x3333, MEMTX_OK)
+    assert me.as_.write(WINDOW_BASE + ANON + 4, 0x4455, 2) == MEMTX_OK
+    assert other.call("read", ANON + 4, 2) == (0x4455, MEMTX_OK)
+    other.call("swap", "anon2", "anon")
+    assert me.as_.read(WINDOW_BASE + ANON + 4, 2) == (0x2222, MEMTX_OK)
+    # An access crossing the range's end is not served from it.
+    assert me.as_.read(WINDOW_BASE + ANON + 0xFFE, 4)[1] != MEMTX_OK
+    other.call("remove", "anon")
+    assert me.as_.read(WINDOW_BASE + ANON + 4, 2) == (0, MEMTX_DECODE_ERROR)
+    assert me.as_.write(WINDOW_BASE + ANON + 4, 1, 2) == MEMTX_DECODE_ERROR
+    other.call("add", "anon", ANON)
+    assert me.as_.read(WINDOW_BASE + ANON + 4, 2) == (0x2222, MEMTX_OK)
+    assert me.ep.statistics().direct_mappings == 0
+
+
 def test_readonly_exposure_refuses_writes_on_both_paths(pair) -> None:
     me, other = pair(peer_over={"readonly": True})
     assert me.ep.peer.readonly

@@ -167,11 +167,11 @@ def _wait_stopped(pid: int) -> None:
     raise AssertionError(f"process {pid} did not stop")
 
 
-def _raw(sockdir, local, peer, **local_over):
+def _raw(sockdir, local, peer, raw_role=codec.ROLE_ANY, **local_over):
     path = os.path.join(sockdir, "raw")
     me = local(default_spec("local", ("unix", path, True), **local_over))
     raw = peer({"name": "raw", "transport": ("unix", path, False)}, raw=True)
-    raw.send("connect")
+    raw.send("connect", role=raw_role)
     me.ep.enable()
     info = raw.result()
     return me, raw, info
@@ -223,6 +223,42 @@ def test_a_malformed_reply_fails_the_access_and_closes_the_link(sockdir, local, 
     raw.result()
     assert me.ep.state is LinkState.DISCONNECTED
     assert "wider than the 1-byte read" in str(me.ep.last_error)
+
+
+@pytest.mark.parametrize("raw_role", [0, 1])
+def test_a_reply_in_pieces_or_after_a_request_of_the_peer_completes_the_access(
+        sockdir, local, peer, raw_role) -> None:
+    """The forwarded access's fast path hands anything but one whole plain reply on."""
+    me, raw, info = _raw(sockdir, local, peer, raw_role=raw_role)
+    assert info["sub_priority"] == raw_role == 1 - me.ep.peer.sub_priority
+    raw.send("answer_read_as", "split", 0x42)
+    assert me.as_.read(WINDOW_BASE + 0, 1) == (0x42, MEMTX_OK)
+    raw.result()
+    raw.send("answer_read_as", "request_first", 0x43)
+    assert me.as_.read(WINDOW_BASE + 1, 1) == (0x43, MEMTX_OK)
+    raw.result()
+    # The raw peer's WRITE was served: nested if it outranks our read, else deferred.
+    assert "WriteReply(id=1" in raw.call("recv")
+    assert me.as_.read(RAM + 8, 1) == (0x5A, MEMTX_OK)
+    stats = me.ep.statistics()
+    assert stats.served_requests == 1
+    assert stats.deferred_requests == (1 if raw_role == 0 else 0)
+    assert me.ep.connected
+
+
+@pytest.mark.parametrize(("how", "words"), [
+    ("fd", "an fd came with a READ_REPLY that announces none"),
+    ("other_id", "nobody is waiting"),
+])
+def test_a_plain_looking_reply_that_breaks_a_rule_closes_the_link(
+        sockdir, local, peer, how, words) -> None:
+    me, raw, info = _raw(sockdir, local, peer)
+    raw.send("answer_read_as", how, 0x42)
+    assert me.as_.read(WINDOW_BASE + 0, 1) == (0, MEMTX_ERROR)
+    raw.result()
+    assert me.ep.state is LinkState.DISCONNECTED
+    assert isinstance(me.ep.last_error, ProtocolError)
+    assert words in str(me.ep.last_error), str(me.ep.last_error)
 
 
 def test_an_fd_with_a_frame_that_announces_none_is_refused_before_serving(

@@ -441,6 +441,93 @@ def unpack_result_share(buf: bytes | bytearray | memoryview, off: int, ftype: in
     return result, count, kind, start, size, fdo, bool(sflags)
 
 
+# -- fast matchers (hot path) ---------------------------------------------------------
+#
+# A matcher reads a whole frame of its type's length at ``buf[pos:]`` as
+# little-endian 64-bit words and returns its fields only if it is the
+# expected, plain frame and breaks no rule of P2-P6: exactly the checks that
+# ``parse_header`` and the ``unpack_*`` function of that type make, plus the
+# caller's expectations (id, priority, no share). Anything else gives None,
+# and the caller hands the frame to the strict path, which serves it or
+# raises the ProtocolError naming the broken rule. So a matcher decides
+# nothing the strict path would decide differently; it only skips the
+# general dispatch. The header's first word is ``length | type << 32 |
+# prio << 40 | flags << 48`` (``head_word``), so one comparison checks four
+# fields; a word that holds a u32 field and a reserved u32 is checked with
+# one comparison too.
+
+_W4 = struct.Struct("<4Q")
+_W5 = struct.Struct("<5Q")
+_W7 = struct.Struct("<7Q")
+_W8 = struct.Struct("<8Q")
+_WANT_SHARE_BIT = FLAG_WANT_SHARE << 48
+# The last word of READ and WRITE: size u8, reserved u8 + u16, attrs u32.
+_ACCESS_TAIL_BAD = 0xFFFF_FF00 | ((~_ATTR_KNOWN & 0xFFFF_FFFF) << 32)
+
+
+# Share-less replies, packed from ``head_word``, the id, the result and (READ_REPLY) the
+# value; the pad bytes (reserved fields, a share block of kind NONE) pack as zeros.
+READ_REPLY_PLAIN = struct.Struct("<4Q32x")
+WRITE_REPLY_PLAIN = struct.Struct("<3Q32x")
+
+
+def head_word(ftype: int, prio: int, flags: int = 0) -> int:
+    """Return the first header word of a fixed-length frame (for the matchers)."""
+    return _FIXED_LEN[ftype] | ftype << 32 | prio << 40 | flags << 48
+
+
+def match_read_reply(buf: bytes | bytearray | memoryview, pos: int, head: int, rid: int,
+                     size: int) -> tuple[int, int] | None:
+    """Return ``(value, result)`` if ``buf[pos:]`` is a share-less READ_REPLY to ``rid``.
+
+    ``head`` is ``head_word(T_READ_REPLY, prio)`` for the request's priority.
+    """
+    w0, frid, result, value, s0, s1, s2, s3 = _W8.unpack_from(buf, pos)
+    # result <= 7: MemTxResult bits only, and the reserved u32 above it is 0.
+    if (w0 != head or frid != rid or result > 7 or s0 or s1 or s2 or s3
+            or value > _MASKS[size]):
+        return None
+    return value, result
+
+
+def match_write_reply(buf: bytes | bytearray | memoryview, pos: int, head: int,
+                      rid: int) -> int | None:
+    """Return the result if ``buf[pos:]`` is a share-less WRITE_REPLY to ``rid``."""
+    w0, frid, result, s0, s1, s2, s3 = _W7.unpack_from(buf, pos)
+    if w0 != head or frid != rid or result > 7 or s0 or s1 or s2 or s3:
+        return None
+    return result
+
+
+def match_read(buf: bytes | bytearray | memoryview, pos: int,
+               head: int) -> tuple[int, int, int, int, int] | None:
+    """Return ``(id, flags, addr, size, attrs)`` if ``buf[pos:]`` is a valid READ.
+
+    ``head`` is ``head_word(T_READ, prio, FLAG_WANT_SHARE)`` for the peer's
+    access priority; the frame's flags may be 0 or ``FLAG_WANT_SHARE``.
+    """
+    w0, rid, addr, tail = _W4.unpack_from(buf, pos)
+    size = tail & 0xFF
+    if ((w0 | _WANT_SHARE_BIT) != head or not rid or tail & _ACCESS_TAIL_BAD
+            or not 0 < size <= 8 or addr + size > _SPACE_END):
+        return None
+    return rid, w0 >> 48, addr, size, tail >> 32
+
+
+def match_write(buf: bytes | bytearray | memoryview, pos: int,
+                head: int) -> tuple[int, int, int, int, int, int] | None:
+    """Return ``(id, flags, addr, value, size, attrs)`` if ``buf[pos:]`` is a valid WRITE.
+
+    ``head`` is ``head_word(T_WRITE, prio, FLAG_WANT_SHARE)``, as for ``match_read``.
+    """
+    w0, rid, addr, value, tail = _W5.unpack_from(buf, pos)
+    size = tail & 0xFF
+    if ((w0 | _WANT_SHARE_BIT) != head or not rid or tail & _ACCESS_TAIL_BAD
+            or not 0 < size <= 8 or addr + size > _SPACE_END or value > _MASKS[size]):
+        return None
+    return rid, w0 >> 48, addr, value, size, tail >> 32
+
+
 def unpack_invalidate(buf: bytes | bytearray | memoryview, off: int) -> tuple[int, int]:
     """Return ``(start, size)`` of an INVALIDATE body."""
     start, size = INVALIDATE_BODY.unpack_from(buf, off)

@@ -175,7 +175,12 @@ class Exporter:
         * ``_shared_starts``/``_shared_ends`` are sorted, non-overlapping
           absolute ranges whose fds went to the current peer and that no
           INVALIDATE has covered since;
-        * ``_dirty`` is empty outside a commit.
+        * ``_dirty`` is empty outside a commit;
+        * ``_hot`` is None or a RAM flat range of ``_hot_view`` that is no
+          link region (P12 rule 3), and ``_hot_fd`` says whether its host
+          memory has an fd. It serves an access only while ``_hot_view`` is
+          still the address space's view and the range still has its host
+          views (``revoke_direct`` drops them in place).
     """
 
     def __init__(self, exposure: Exposure, *, counters: LinkCounters,
@@ -198,6 +203,10 @@ class Exporter:
         self._shared_ends: list[int] = []
         self._dirty: list[tuple[int, int]] = []
         self._vetted: dict[int, tuple[HostMemory, bool, bool]] = {}
+        # The RAM range served last (hot path; see the invariants).
+        self._hot: FlatRange | None = None
+        self._hot_view: object = None
+        self._hot_fd = False
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -252,14 +261,38 @@ class Exporter:
             i += 1
         return False
 
+    def _remember_hot(self, fr: FlatRange | None, view: object) -> None:
+        """Serve later accesses inside ``fr`` by the hot path, if it is plain RAM."""
+        if fr is not None and fr.mr.ram and fr.read_view is not None \
+                and not is_link_region(fr.mr):
+            hm = fr.mr.hostmem
+            self._hot = fr
+            self._hot_view = view
+            self._hot_fd = hm is not None and hm.fd is not None
+
     def serve_read(self, addr: int, size: int, attrs: int, want: bool
                    ) -> tuple[int, int, tuple[int, int, int, bool, int] | None]:
-        """Serve READ: return ``(value, result, share)`` (value in memory byte order)."""
+        """Serve READ: return ``(value, result, share)``, the value in memory byte order.
+
+        ``share`` is ``(start, size, fd_offset, readonly, fd)`` or None.
+        """
         if addr + size > self.size:
             self._counters.refused_requests += 1
             return 0, MEMTX_DECODE_ERROR, None
         a = self.base + addr
-        fr = self.address_space.flatview.lookup(a)
+        fr = self._hot
+        view = self.address_space.flatview
+        if (fr is not None and view is self._hot_view and fr.start <= a and a + size <= fr.end
+                and (host := fr.read_view) is not None):
+            # Hot path: RAM, as ``AddressSpace.read`` reads it directly (memory
+            # rules M2/M3), in memory byte order; attributes do not matter.
+            o = a + fr.host_delta
+            value = int.from_bytes(host[o:o + size], "little")
+            self._counters.served_requests += 1
+            if want and self._hot_fd:
+                return value, 0, self._share(fr)
+            return value, 0, None
+        fr = view.lookup(a)
         if (fr is None or a + size > fr.end or is_link_region(fr.mr)) \
                 and self._refused(a, a + size):
             self._counters.refused_requests += 1
@@ -268,13 +301,15 @@ class Exporter:
         if self._swap and size > 1:
             value = swap_bytes(value, size)
         self._counters.served_requests += 1
-        if want and not result and fr is not None and fr.mr.ram and a + size <= fr.end:
-            return value, result, self._share(fr)
+        if fr is not None and a + size <= fr.end:
+            self._remember_hot(fr, view)
+            if want and not result and fr.mr.ram:
+                return value, result, self._share(fr)
         return value, result, None
 
     def serve_write(self, addr: int, value: int, size: int, attrs: int, want: bool
                     ) -> tuple[int, tuple[int, int, int, bool, int] | None]:
-        """Serve WRITE: return ``(result, share)`` (value in memory byte order)."""
+        """Serve WRITE (value in memory byte order): return ``(result, share)``."""
         if addr + size > self.size:
             self._counters.refused_requests += 1
             return MEMTX_DECODE_ERROR, None
@@ -282,7 +317,18 @@ class Exporter:
             self._counters.refused_requests += 1
             return MEMTX_ACCESS_ERROR, None
         a = self.base + addr
-        fr = self.address_space.flatview.lookup(a)
+        fr = self._hot
+        view = self.address_space.flatview
+        if (fr is not None and view is self._hot_view and fr.start <= a and a + size <= fr.end
+                and (host := fr.write_view) is not None):
+            # Hot path: RAM, as ``AddressSpace.write`` writes it directly.
+            o = a + fr.host_delta
+            host[o:o + size] = value.to_bytes(size, "little")
+            self._counters.served_requests += 1
+            if want and self._hot_fd:
+                return 0, self._share(fr)
+            return 0, None
+        fr = view.lookup(a)
         if (fr is None or a + size > fr.end or is_link_region(fr.mr)) \
                 and self._refused(a, a + size):
             self._counters.refused_requests += 1
@@ -291,10 +337,13 @@ class Exporter:
             value = swap_bytes(value, size)
         result = self.address_space.write(a, value, size, decode_attrs(attrs))
         self._counters.served_requests += 1
-        if want and not result:
-            fr = self.address_space.flatview.lookup(a)
-            if fr is not None and fr.mr.ram and a + size <= fr.end:
-                return result, self._share(fr)
+        if not result:
+            view = self.address_space.flatview  # the write may have changed the map
+            fr = view.lookup(a)
+            if fr is not None and a + size <= fr.end:
+                self._remember_hot(fr, view)
+                if want and fr.mr.ram:
+                    return result, self._share(fr)
         return result, None
 
     def serve_read_block(self, addr: int, out: memoryview, attrs: int, want: bool

@@ -58,6 +58,7 @@ from memexpose.link.codec import (
     CAP_FD_PASSING,
     CHANNEL_INTERRUPT,
     CHANNEL_MEMORY,
+    FLAG_WANT_SHARE,
     HEADER_SIZE,
     INTERRUPT_FRAME,
     INTERRUPT_LEN,
@@ -70,6 +71,7 @@ from memexpose.link.codec import (
     READ_LEN,
     READ_REPLY_FRAME,
     READ_REPLY_LEN,
+    READ_REPLY_PLAIN,
     REPLY_TYPES,
     REQUEST_TYPES,
     RESULT_SHARE_FRAME,
@@ -91,6 +93,12 @@ from memexpose.link.codec import (
     T_WRITE_REPLY,
     WRITE_FRAME,
     WRITE_LEN,
+    WRITE_REPLY_PLAIN,
+    head_word,
+    match_read,
+    match_read_reply,
+    match_write,
+    match_write_reply,
     max_frame,
     request_priority,
     resolve_sub_priorities,
@@ -284,6 +292,15 @@ class Session:
         self._inv_prio = request_priority(INVALIDATE_CLASS, sub)
         self._peer_acc_prio = request_priority(ACCESS_CLASS, 1 - sub)
         self._peer_inv_prio = request_priority(INVALIDATE_CLASS, 1 - sub)
+        # Hot path: first header words of the plain frames (codec.head_word).
+        self._rr_head = head_word(T_READ_REPLY, self._acc_prio)
+        self._wr_head = head_word(T_WRITE_REPLY, self._acc_prio)
+        self._peer_rr_head = head_word(T_READ_REPLY, self._peer_acc_prio)
+        self._peer_wr_head = head_word(T_WRITE_REPLY, self._peer_acc_prio)
+        self._peer_read_head = head_word(T_READ, self._peer_acc_prio, FLAG_WANT_SHARE)
+        self._peer_write_head = head_word(T_WRITE, self._peer_acc_prio, FLAG_WANT_SHARE)
+        self._send = mem.sock.sendall
+        self._memfd = mem.fd
         self._max_block = info.max_block
         self._fd_passing = info.fd_passing
         self._next_id = 1
@@ -305,6 +322,7 @@ class Session:
         self._ep = select.epoll()
         self._ep.register(self._wake_r, _EPOLLIN)
         self._ep.register(mem.fd, _EPOLLIN)
+        self._ep_modify = self._ep.modify
         self._armed = True
         # A blocked receive wakes every quarter timeout to check its deadline.
         self._slice = max(0.01, timeout / 4)
@@ -458,47 +476,87 @@ class Session:
 
     def request_read(self, addr: int, size: int, attrs: int, flags: int) -> tuple[int, int]:
         """Forward a READ; return ``(value, result)``; ``MEMTX_ERROR`` if the link fails."""
-        counters = self._counters
-        counters.forwarded_reads += 1
+        self._counters.forwarded_reads += 1
         if self._closed:
             return 0, MEMTX_ERROR
         rid = self._next_id
         self._next_id = rid + 1
-        prio = self._acc_prio
-        if not self._waits and self._armed:
-            self._disarm()
-        try:
-            self._mem.sock.sendall(READ_FRAME.pack(READ_LEN, T_READ, prio, flags, rid, addr,
-                                                   size, 0, 0, attrs))
-        except OSError as exc:
-            self._fail(exc)
-        reply = self._wait(rid, prio, T_READ_REPLY, size)
+        frame = READ_FRAME.pack(READ_LEN, T_READ, self._acc_prio, flags, rid, addr, size, 0, 0,
+                                attrs)
+        mem = self._mem
+        if self._waits or self._deferred or self._draining or mem.start != mem.end:
+            reply = self._request(frame, rid, self._acc_prio, T_READ_REPLY, size)
+        else:
+            # Fast path: the outermost wait, nothing buffered or put off. If the
+            # one frame the next receive brings is the plain reply, it is all
+            # there is to do; anything else goes to ``_wait`` (P10 rule 2).
+            if self._armed:
+                self._disarm()
+            try:
+                self._send(frame)
+                n = mem.fill_empty()
+            except (ProtocolError, LinkError, OSError) as exc:
+                self._fail(exc)
+                return 0, MEMTX_ERROR
+            if n == READ_REPLY_LEN and not mem.fd_records:
+                reply = match_read_reply(mem.buf, 0, self._rr_head, rid, size)
+                if reply is not None:
+                    mem.start = READ_REPLY_LEN
+                    self._arm()
+                    self._counters.forwarded_bytes += size
+                    return reply
+            reply = self._wait(rid, self._acc_prio, T_READ_REPLY, size, not n)
         if reply is None:
             return 0, MEMTX_ERROR
-        counters.forwarded_bytes += size
+        self._counters.forwarded_bytes += size
         return reply  # type: ignore[return-value]
 
     def request_write(self, addr: int, value: int, size: int, attrs: int, flags: int) -> int:
         """Forward a WRITE; return the result; ``MEMTX_ERROR`` if the link fails."""
-        counters = self._counters
-        counters.forwarded_writes += 1
+        self._counters.forwarded_writes += 1
         if self._closed:
             return MEMTX_ERROR
         rid = self._next_id
         self._next_id = rid + 1
-        prio = self._acc_prio
+        frame = WRITE_FRAME.pack(WRITE_LEN, T_WRITE, self._acc_prio, flags, rid, addr,
+                                 value & _MASKS[size], size, 0, 0, attrs)
+        mem = self._mem
+        if self._waits or self._deferred or self._draining or mem.start != mem.end:
+            reply = self._request(frame, rid, self._acc_prio, T_WRITE_REPLY, size)
+        else:
+            # Fast path, as in ``request_read``.
+            if self._armed:
+                self._disarm()
+            try:
+                self._send(frame)
+                n = mem.fill_empty()
+            except (ProtocolError, LinkError, OSError) as exc:
+                self._fail(exc)
+                return MEMTX_ERROR
+            if n == RESULT_SHARE_LEN and not mem.fd_records:
+                reply = match_write_reply(mem.buf, 0, self._wr_head, rid)
+                if reply is not None:
+                    mem.start = RESULT_SHARE_LEN
+                    self._arm()
+                    self._counters.forwarded_bytes += size
+                    return reply
+            reply = self._wait(rid, self._acc_prio, T_WRITE_REPLY, size, not n)
+        if reply is None:
+            return MEMTX_ERROR
+        self._counters.forwarded_bytes += size
+        return reply  # type: ignore[return-value]
+
+    def _request(self, frame: bytes, rid: int, prio: int, rtype: int,
+                 extra: int) -> object | None:
+        """Send a request frame and wait for its reply (any wait depth); None if the link ends."""
         if not self._waits and self._armed:
             self._disarm()
         try:
-            self._mem.sock.sendall(WRITE_FRAME.pack(WRITE_LEN, T_WRITE, prio, flags, rid, addr,
-                                                    value & _MASKS[size], size, 0, 0, attrs))
+            self._send(frame)
         except OSError as exc:
             self._fail(exc)
-        reply = self._wait(rid, prio, T_WRITE_REPLY, size)
-        if reply is None:
-            return MEMTX_ERROR
-        counters.forwarded_bytes += size
-        return reply  # type: ignore[return-value]
+            return None
+        return self._wait(rid, prio, rtype, extra)
 
     def request_read_block(self, addr: int, out: memoryview, attrs: int, flags: int) -> int:
         """Forward a READ_BLOCK of ``len(out)`` bytes into ``out``; return the result."""
@@ -509,15 +567,9 @@ class Session:
             return MEMTX_ERROR
         rid = self._next_id
         self._next_id = rid + 1
-        prio = self._acc_prio
-        if not self._waits and self._armed:
-            self._disarm()
-        try:
-            self._mem.sock.sendall(BLOCK_REQ_FRAME.pack(BLOCK_REQ_LEN, T_READ_BLOCK, prio, flags,
-                                                        rid, addr, count, attrs))
-        except OSError as exc:
-            self._fail(exc)
-        reply = self._wait(rid, prio, T_READ_BLOCK_REPLY, count)
+        reply = self._request(BLOCK_REQ_FRAME.pack(BLOCK_REQ_LEN, T_READ_BLOCK, self._acc_prio,
+                                                   flags, rid, addr, count, attrs),
+                              rid, self._acc_prio, T_READ_BLOCK_REPLY, count)
         if reply is None:
             return MEMTX_ERROR
         result, data = reply  # type: ignore[misc]
@@ -534,16 +586,9 @@ class Session:
             return MEMTX_ERROR
         rid = self._next_id
         self._next_id = rid + 1
-        prio = self._acc_prio
-        if not self._waits and self._armed:
-            self._disarm()
-        try:
-            sock = self._mem.sock
-            sock.sendall(BLOCK_REQ_FRAME.pack(BLOCK_REQ_LEN + count, T_WRITE_BLOCK, prio, flags,
-                                              rid, addr, count, attrs) + bytes(data))
-        except OSError as exc:
-            self._fail(exc)
-        reply = self._wait(rid, prio, T_WRITE_BLOCK_REPLY, count)
+        frame = BLOCK_REQ_FRAME.pack(BLOCK_REQ_LEN + count, T_WRITE_BLOCK, self._acc_prio, flags,
+                                     rid, addr, count, attrs) + bytes(data)
+        reply = self._request(frame, rid, self._acc_prio, T_WRITE_BLOCK_REPLY, count)
         if reply is None:
             return MEMTX_ERROR
         counters.forwarded_bytes += count
@@ -560,16 +605,11 @@ class Session:
         rid = self._next_id
         self._next_id = rid + 1
         prio = self._inv_prio
-        if not self._waits and self._armed:
-            self._disarm()
         self._in_commit += 1
         try:
-            try:
-                self._mem.sock.sendall(INVALIDATE_FRAME.pack(INVALIDATE_LEN, T_INVALIDATE, prio,
-                                                             0, rid, start, size))
-            except OSError as exc:
-                self._fail(exc)
-            return self._wait(rid, prio, T_INVALIDATE_ACK, 0) is not None
+            return self._request(INVALIDATE_FRAME.pack(INVALIDATE_LEN, T_INVALIDATE, prio, 0, rid,
+                                                       start, size),
+                                 rid, prio, T_INVALIDATE_ACK, 0) is not None
         finally:
             self._in_commit -= 1
 
@@ -596,26 +636,32 @@ class Session:
 
     def _disarm(self) -> None:
         try:
-            self._ep.modify(self._mem.fd, 0)
+            self._ep_modify(self._memfd, 0)
         except (OSError, ValueError):
             pass
         self._armed = False
 
     def _arm(self) -> None:
         try:
-            self._ep.modify(self._mem.fd, _EPOLLIN)
+            self._ep_modify(self._memfd, _EPOLLIN)
         except (OSError, ValueError):
             pass
         self._armed = True
 
-    def _wait(self, rid: int, prio: int, rtype: int, extra: int) -> object | None:
-        """Read and handle frames until the reply to ``rid`` comes; None if the link ends."""
+    def _wait(self, rid: int, prio: int, rtype: int, extra: int,
+              waited: bool = False) -> object | None:
+        """Read and handle frames until the reply to ``rid`` comes; None if the link ends.
+
+        ``waited``: the caller's own receive for this request already timed
+        out once (one receive slice of the deadline is spent).
+        """
         waits = self._waits
         top = not waits
         waits.append(prio)
         self._pending[rid] = (rtype, prio, extra)
         mem = self._mem
-        deadline = 0.0  # set at the first receive that times out (keeps the fast path lean)
+        # Set at the first receive that times out (keeps the fast path lean).
+        deadline = time.monotonic() + self._timeout - self._slice if waited else 0.0
         try:
             while True:
                 if self._closed:
@@ -781,38 +827,18 @@ class Session:
                buf: bytes | bytearray, pos: int) -> None:
         """Serve one request from the peer and send its reply."""
         off = pos + HEADER_SIZE
+        if ftype == T_READ:
+            addr, size, attrs = unpack_read(buf, off)
+            self._serve_read(rid, flags, addr, size, attrs)
+            return
+        if ftype == T_WRITE:
+            addr, value, size, attrs = unpack_write(buf, off)
+            self._serve_write(rid, flags, addr, value, size, attrs)
+            return
         want = flags and self._fd_passing
         exporter = self._exporter
         share = None
-        if ftype == T_READ:
-            addr, size, attrs = unpack_read(buf, off)
-            if exporter is None:
-                value, result = 0, _DECODE_ERROR
-            else:
-                try:
-                    value, result, share = exporter.serve_read(addr, size, attrs, want)
-                except Exception:  # noqa: BLE001 - a device bug must not kill the link
-                    log.exception("link %s: serving READ %#x+%d", self.name, addr, size)
-                    value, result, share = 0, MEMTX_ERROR, None
-            if share is None:
-                frame = READ_REPLY_FRAME.pack(READ_REPLY_LEN, T_READ_REPLY, fprio, 0, rid,
-                                              result, 0, value, 0, 0, 0, 0, 0, 0, 0)
-            else:
-                frame = READ_REPLY_FRAME.pack(READ_REPLY_LEN, T_READ_REPLY, fprio, 0, rid,
-                                              result, 0, value, *_share_block(share))
-        elif ftype == T_WRITE:
-            addr, value, size, attrs = unpack_write(buf, off)
-            if exporter is None:
-                result = _DECODE_ERROR
-            else:
-                try:
-                    result, share = exporter.serve_write(addr, value, size, attrs, want)
-                except Exception:  # noqa: BLE001
-                    log.exception("link %s: serving WRITE %#x+%d", self.name, addr, size)
-                    result, share = MEMTX_ERROR, None
-            frame = RESULT_SHARE_FRAME.pack(RESULT_SHARE_LEN, T_WRITE_REPLY, fprio, 0, rid,
-                                            int(result), 0, *_share_block(share))
-        elif ftype == T_INVALIDATE:
+        if ftype == T_INVALIDATE:
             start, size = unpack_invalidate(buf, off)
             self._counters.invalidations_received += 1
             try:
@@ -859,11 +885,53 @@ class Session:
                                             rid, int(result), 0, *_share_block(share))
         if self._closed:
             return
-        sock = self._mem.sock
         if share is not None:
             self._mem.send_with_fd(frame, share[4])
         else:
-            sock.sendall(frame)
+            self._mem.sock.sendall(frame)
+
+    def _serve_read(self, rid: int, flags: int, addr: int, size: int, attrs: int) -> None:
+        """Serve a READ whose frame was checked (P5) and send the reply."""
+        exporter = self._exporter
+        if exporter is None:
+            value, result, share = 0, _DECODE_ERROR, None
+        else:
+            try:
+                value, result, share = exporter.serve_read(addr, size, attrs,
+                                                           flags and self._fd_passing)
+            except Exception:  # noqa: BLE001 - a device bug must not kill the link
+                log.exception("link %s: serving READ %#x+%d", self.name, addr, size)
+                value, result, share = 0, MEMTX_ERROR, None
+        if self._closed:
+            return
+        if share is None:
+            self._send(READ_REPLY_PLAIN.pack(self._peer_rr_head, rid, result, value))
+        else:
+            self._mem.send_with_fd(READ_REPLY_FRAME.pack(
+                READ_REPLY_LEN, T_READ_REPLY, self._peer_acc_prio, 0, rid, result, 0, value,
+                *_share_block(share)), share[4])
+
+    def _serve_write(self, rid: int, flags: int, addr: int, value: int, size: int,
+                     attrs: int) -> None:
+        """Serve a WRITE whose frame was checked (P5) and send the reply."""
+        exporter = self._exporter
+        if exporter is None:
+            result, share = _DECODE_ERROR, None
+        else:
+            try:
+                result, share = exporter.serve_write(addr, value, size, attrs,
+                                                     flags and self._fd_passing)
+            except Exception:  # noqa: BLE001
+                log.exception("link %s: serving WRITE %#x+%d", self.name, addr, size)
+                result, share = MEMTX_ERROR, None
+        if self._closed:
+            return
+        if share is None:
+            self._send(WRITE_REPLY_PLAIN.pack(self._peer_wr_head, rid, result))
+        else:
+            self._mem.send_with_fd(RESULT_SHARE_FRAME.pack(
+                RESULT_SHARE_LEN, T_WRITE_REPLY, self._peer_acc_prio, 0, rid, result, 0,
+                *_share_block(share)), share[4])
 
     # -- threads ---------------------------------------------------------------------
 
@@ -882,6 +950,8 @@ class Session:
         mem = self._mem
         memfd = mem.fd
         importer = self._importer
+        read_head = self._peer_read_head
+        write_head = self._peer_write_head
         try:
             while not self._closed:
                 try:
@@ -908,7 +978,23 @@ class Session:
                         frame_bytes, length, ftype, fprio, flags, frid = self._deferred.popleft()
                         self._serve(length, ftype, fprio, flags, frid, frame_bytes, 0)
                     if not self._waits and not self._closed:
-                        mem.fill(DONTWAIT)
+                        if mem.start != mem.end:
+                            mem.fill(DONTWAIT)
+                        elif (n := mem.fill_empty(DONTWAIT)) and not mem.fd_records:
+                            # Fast path: the receive brought exactly one access
+                            # request, and a match passed every check of P5.
+                            if n == READ_LEN:
+                                req = match_read(mem.buf, 0, read_head)
+                                if req is not None:
+                                    mem.start = READ_LEN
+                                    self._serve_read(*req)
+                                    continue
+                            elif n == WRITE_LEN:
+                                wreq = match_write(mem.buf, 0, write_head)
+                                if wreq is not None:
+                                    mem.start = WRITE_LEN
+                                    self._serve_write(*wreq)
+                                    continue
                         while not self._closed:
                             frame = mem.next_frame()
                             if frame is None:

@@ -58,23 +58,29 @@ class Channel:
     Invariants:
         * ``buf[start:end]`` holds received bytes not yet returned as frames;
           ``base + i`` is the stream position of ``buf[i]``;
-        * each entry of ``_fd_records`` is ``(first, end, fds)``: fds that
+        * each entry of ``fd_records`` is ``(first, end, fds)``: fds that
           arrived with the stream bytes ``[first, end)``; the frame that
           claims them starts in that span (the kernel hands fds over with
-          the first byte of the message that carried them);
+          the first byte of the message that carried them). Usually empty:
+          a reader may take a frame without ``next_frame`` only while it is;
+        * ``start == end`` implies no header is cached, so after ``fill`` on
+          an empty buffer ``buf[0:n]`` holds exactly the ``n`` bytes received;
         * only one thread reads at a time (``LinkBusyError`` otherwise).
     """
 
     __slots__ = (
-        "_fd_records",
         "_hdr",
+        "_iov0",
         "_reading",
+        "_recv_into",
+        "_recvmsg_into",
         "base",
         "buf",
         "closed",
         "end",
         "fd",
         "fd_passing",
+        "fd_records",
         "frame_limit",
         "peer",
         "sock",
@@ -96,8 +102,13 @@ class Channel:
         self.base = 0
         self.closed = False
         self._hdr: tuple[int, int, int, int, int] | None = None
-        self._fd_records: list[tuple[int, int, list[int]]] = []
+        self.fd_records: list[tuple[int, int, list[int]]] = []
         self._reading = False
+        # Hot path (``fill``, ``fill_empty``): bound methods, and the receive
+        # vector for an empty buffer, made once.
+        self._recvmsg_into = sock.recvmsg_into
+        self._recv_into = sock.recv_into
+        self._iov0 = [self.view]
 
     # -- receiving -------------------------------------------------------------
 
@@ -123,7 +134,7 @@ class Channel:
             return None
         self._hdr = None
         self.start = start + length
-        records = self._fd_records
+        records = self.fd_records
         if records and records[0][1] <= self.base + start:
             raise ProtocolError(f"{len(records[0][2])} fd(s) arrived with no frame announcing "
                                 "them")
@@ -149,6 +160,7 @@ class Channel:
             start = self.start
             end = self.end
             if start == end:
+                # The common case: everything was consumed. Receive at 0.
                 if start:
                     self.base += start
                     self.start = self.end = end = 0
@@ -160,18 +172,52 @@ class Channel:
                 self.end = end = n
             try:
                 if self.fd_passing:
-                    n, anc, mflags, _ = self.sock.recvmsg_into(
-                        [self.view[end:]], _ANC_SPACE, flags | _CMSG_CLOEXEC)
+                    n, anc, mflags, _ = self._recvmsg_into(
+                        self._iov0 if not end else [self.view[end:]], _ANC_SPACE,
+                        flags | _CMSG_CLOEXEC)
                     if anc or mflags & _CTRUNC:
                         self._take_ancillary(anc, mflags, n)
                 else:
-                    n = self.sock.recv_into(self.view[end:], 0, flags)
+                    n = self._recv_into(self.view[end:] if end else self.view, 0, flags)
             except (BlockingIOError, InterruptedError):
                 return 0
             if n == 0:
                 raise LinkClosedError(f"{self.peer} closed the connection")
             self.end = end + n
             return n
+        finally:
+            self._reading = False
+
+    def fill_empty(self, flags: int = 0) -> int:
+        """``fill`` when nothing is buffered (``start == end``): receive at ``buf[0]``.
+
+        The hot path's receive: afterwards ``buf[0:n]`` is exactly what
+        arrived, so a caller that expects one frame of ``n`` bytes can check
+        it at index 0. Returns, waits and raises as ``fill``.
+        """
+        if self._reading:
+            raise LinkBusyError(f"two threads read the link socket to {self.peer} at once; "
+                                "hold the machine lock around link calls")
+        self._reading = True
+        try:
+            end = self.end
+            if end:
+                assert self.start == end, "fill_empty with bytes buffered; use fill"
+                self.base += end
+                self.start = self.end = 0
+            if self.fd_passing:
+                n, anc, mflags, _ = self._recvmsg_into(self._iov0, _ANC_SPACE,
+                                                       flags | _CMSG_CLOEXEC)
+                if anc or mflags & _CTRUNC:
+                    self._take_ancillary(anc, mflags, n)
+            else:
+                n = self._recv_into(self.view, 0, flags)
+            if not n:
+                raise LinkClosedError(f"{self.peer} closed the connection")
+            self.end = n
+            return n
+        except (BlockingIOError, InterruptedError):
+            return 0
         finally:
             self._reading = False
 
@@ -193,7 +239,7 @@ class Channel:
             raise ProtocolError(bad or "fds without data")
         if fds:
             first = self.base + self.end
-            self._fd_records.append((first, first + n, fds))
+            self.fd_records.append((first, first + n, fds))
 
     def carries_fd(self, pos: int, length: int) -> bool:
         """Whether the frame at buffer index ``pos`` is the one an fd came with.
@@ -201,7 +247,7 @@ class Channel:
         The fd's frame is the last one starting in the span of the receive
         that brought it, so the span ends inside (or at the end of) that frame.
         """
-        records = self._fd_records
+        records = self.fd_records
         if not records:
             return False
         where = self.base + pos
@@ -214,7 +260,7 @@ class Channel:
         Raises:
             ProtocolError: no fd arrived with that frame.
         """
-        records = self._fd_records
+        records = self.fd_records
         where = self.base + pos
         if not records or not records[0][0] <= where < records[0][1] or len(records[0][2]) != 1:
             raise ProtocolError("a reply announces a shared fd but none (or several) came "
@@ -226,10 +272,10 @@ class Channel:
         if self.closed:
             return
         self.closed = True
-        for _, _, fds in self._fd_records:
+        for _, _, fds in self.fd_records:
             for fd in fds:
                 os.close(fd)
-        self._fd_records.clear()
+        self.fd_records.clear()
         self.sock.close()
 
     def shutdown(self) -> None:
@@ -249,7 +295,7 @@ class Channel:
 
     def __repr__(self) -> str:
         return (f"<Channel {self.peer} buffered={self.end - self.start} "
-                f"fds={sum(len(r[2]) for r in self._fd_records)}>")
+                f"fds={sum(len(r[2]) for r in self.fd_records)}>")
 
 
 class Transport(ABC):
