@@ -430,6 +430,14 @@ class RawPeer:
         length = int.from_bytes(head[:4], "little")
         return codec.decode_message(head + self._recv_exact(self.mem, length - codec.HEADER_SIZE))
 
+    def do_connect_silent(self) -> None:
+        """Connect the memory channel and say nothing: a peer stuck in the handshake."""
+        self.mem = self.transport.connection(time.monotonic() + 10)
+
+    def do_listen_silent(self) -> None:
+        """Listen and never accept: a connecting peer gets stuck in the handshake."""
+        self.transport.open()
+
     def do_send(self, data: bytes) -> None:
         self.mem.sendall(data)
 

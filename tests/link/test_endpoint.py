@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +22,11 @@ from memexpose.link import (
     UnixTransport,
 )
 from memexpose.memory import MEMTX_OK, AddressSpace, MemoryRegion, MemorySystem
-from tests.link.peer import ANON, COUNTER, RAM, SWITCH, WINDOW_BASE, default_spec
+from tests.link.peer import ANON, COUNTER, RAM, SWITCH, WINDOW_BASE, default_spec, run_in_thread
 
 pytestmark = pytest.mark.timeout(60)
+
+TRUSTED_TOML = Path(__file__).resolve().parents[2] / "examples" / "trusted.toml"
 
 
 def _threads_named(prefix: str) -> list[str]:
@@ -179,3 +186,120 @@ def test_a_device_handler_served_for_the_peer_may_disable_the_link(pair) -> None
     me.ep.enable()
     assert other.result() == "CONNECTED"
     assert me.as_.read(WINDOW_BASE + RAM, 1) == (0x11, MEMTX_OK)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.002)
+
+
+def test_enable_nowait_after_disable_mid_handshake_neither_freezes_nor_is_lost(
+        sockdir, local, peer) -> None:
+    # A device's ENABLE 1, 0, 1 while the first connect is in its handshake:
+    # the second write must not wait for the first connect (it held the
+    # machine lock for up to connect_timeout), and the first connect's
+    # failure must not turn the second's CONNECTING into DISABLED.
+    path = os.path.join(sockdir, "s")
+    me = local(default_spec("tog", ("unix", path, True), connect_timeout=5.0))
+    me.ep.enable_nowait()
+    stuck = peer(default_spec("stuck", ("unix", path, False)), raw=True)
+    stuck.call("connect_silent")
+    assert "Hello" in stuck.call("recv")  # accepted; now waiting for the peer's HELLO
+    t0 = time.monotonic()
+    with me.lock:  # as the register writes do
+        me.ep.disable()
+        me.ep.enable_nowait()
+    assert time.monotonic() - t0 < 0.1
+    assert me.ep.state is LinkState.CONNECTING
+    assert stuck.call("is_closed", 1.0)  # the cancelled connect hung up at once
+    _wait_for(lambda: _threads_named("tog-connect") == ["tog-connect"], 0.5,
+              "the cancelled connect to end")
+    assert me.ep.state is LinkState.CONNECTING and me.ep.last_error is None
+    other = peer(default_spec("peer", ("unix", path, False)))
+    assert other.call("enable") == "CONNECTED"
+    assert me.do_wait_state("CONNECTED") == "CONNECTED"
+    assert me.as_.read(WINDOW_BASE + COUNTER, 4) == (1, MEMTX_OK)
+    assert me.ep.statistics().connects == 1
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("where", ["accept", "handshake-listening", "connect-retry",
+                                   "handshake-connecting", "tcp-connect-retry"])
+def test_close_during_a_pending_connect_returns_at_once(where, sockdir, local, peer) -> None:
+    path = os.path.join(sockdir, "s")
+    listen = where in ("accept", "handshake-listening")
+    transport = ("tcp", "127.0.0.1", _free_tcp_port(), False) if where.startswith("tcp") \
+        else ("unix", path, listen)
+    me = local(default_spec("pend", transport, connect_timeout=5.0))
+    if where == "handshake-connecting":
+        stuck = peer(default_spec("stuck", ("unix", path, True)), raw=True)
+        stuck.call("listen_silent")  # never accepts: our HELLO waits in its backlog
+    me.ep.enable_nowait()
+    if where == "handshake-listening":
+        stuck = peer(default_spec("stuck", ("unix", path, False)), raw=True)
+        stuck.call("connect_silent")
+        assert "Hello" in stuck.call("recv")
+    else:
+        time.sleep(0.1)
+    assert me.ep.state is LinkState.CONNECTING
+    t0 = time.monotonic()
+    me.ep.close()
+    assert time.monotonic() - t0 < 0.1
+    assert me.ep.state is LinkState.CLOSED and not _threads_named("pend-")
+    assert not os.path.exists(path) or where == "handshake-connecting"  # the peer's file
+
+
+def test_disable_ends_a_blocking_enable_at_once(sockdir, local) -> None:
+    me = local(default_spec("blk", ("unix", os.path.join(sockdir, "s"), False),
+                            connect_timeout=5.0))
+    thread, out = run_in_thread(me.ep.enable)
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    me.ep.disable()
+    thread.join(1.0)
+    assert time.monotonic() - t0 < 0.1
+    assert isinstance(out[0], ConnectError) and "disabled while connecting" in str(out[0])
+    assert me.ep.state is LinkState.DISABLED
+
+
+def test_ctrl_c_on_a_vm_waiting_for_its_peer_exits_at_once(sockdir, tmp_path) -> None:
+    # `memexpose run examples/trusted.toml` with no rich VM: its device listens
+    # (connect_timeout 60 s). Ctrl-C used to wait for that deadline.
+    text = TRUSTED_TOML.read_text()
+    firmware = (TRUSTED_TOML.parent / "../firmware/build/trusted-aarch64.elf").resolve()
+    sock = os.path.join(sockdir, "vm.sock")
+    for old, new in (('firmware = "../firmware/build/trusted-aarch64.elf"',
+                      f'firmware = "{firmware}"'),
+                     ('socket = "flagship.sock"', f'socket = "{sock}"')):
+        assert old in text
+        text = text.replace(old, new)
+    config = tmp_path / "trusted.toml"
+    config.write_text(text)
+    proc = subprocess.Popen([sys.executable, "-c", "from memexpose.cli.main import main; main()",
+                             "run", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: os.path.exists(sock) or proc.poll() is not None, 20.0,
+                  "the VM to listen")
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(10)
+        elapsed = time.monotonic() - t0
+        output = proc.stdout.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert code == 0 and "shutdown: signal SIGINT" in output, output
+    assert elapsed < 2.0
+    assert not os.path.exists(sock)

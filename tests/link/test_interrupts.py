@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+import threading
 import time
 
 import pytest
@@ -113,3 +115,49 @@ def test_sending_when_disconnected_returns_false_and_bad_arguments_raise(pair) -
         me.ep.send_interrupt(1, bytes(129))
     with pytest.raises(ValueError, match="64-bit"):
         me.ep.send_interrupt(1 << 64)
+
+
+def test_the_level_rises_as_soon_as_a_busy_machine_lock_is_released(pair) -> None:
+    # An interrupt that finds the machine lock busy is reported by the server
+    # thread, which takes the lock the moment the holder lets go: no polling
+    # retry (the interrupt thread used to retry every 5 ms), and never
+    # without the lock.
+    me, other = pair()
+    queue = me.ep.interrupt_queue
+    raised = threading.Event()
+    reports: list[tuple[bool, float, bool]] = []
+
+    def on_level(level: bool) -> None:
+        reports.append((level, time.perf_counter(), me.lock._is_owned()))
+        if level:
+            raised.set()
+
+    queue.on_level = on_level
+    delays = []
+    for i in range(25):
+        raised.clear()
+        with me.lock:  # a vCPU in an MMIO callback, say
+            assert other.call("send_irq", i, b"busy")
+            wait_for(lambda: len(queue) == 1)
+            # Let the interrupt thread find the lock busy; release at phases
+            # spread over 5 ms (a polling retry would show its period).
+            time.sleep(0.01 + (i % 5) * 0.001)
+            assert not raised.is_set()
+            released = time.perf_counter()
+        assert raised.wait(2.0), "the level was not reported after the lock was released"
+        delays.append(reports[-1][1] - released)
+        assert me.ep.pop_interrupt().type == i
+    assert all(held for _, _, held in reports), "a level was reported without the lock"
+    assert [level for level, _, _ in reports] == [True, False] * 25
+    assert statistics.median(delays) < 0.001, f"delays (s): {sorted(delays)}"
+
+
+def test_a_level_held_back_by_the_lock_is_still_reported_when_the_link_ends(pair) -> None:
+    me, other = pair()
+    with me.lock:
+        assert other.call("send_irq", 5, b"late")
+        wait_for(lambda: me.ep._session._level_due)  # handed to the server thread
+        me.ep.disable()  # as a device's ENABLE = 0: the server thread never got the lock
+        assert me.irq_levels == [True]
+    msg = me.ep.pop_interrupt()  # the entry stays, and so did its level
+    assert (msg.type, msg.data[:4]) == (5, b"late") and me.irq_levels == [True, False]

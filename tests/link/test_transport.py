@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from memexpose.errors import LinkError, ProtocolError
+from memexpose.errors import LinkClosedError, LinkError, ProtocolError
 from memexpose.link import Channel, TcpTransport, UnixTransport, codec
+from memexpose.link.transport import Cancellation
 from tests.link.peer import default_spec
 
 pytestmark = pytest.mark.timeout(60)
@@ -122,3 +123,24 @@ def test_only_one_thread_may_read_a_channel() -> None:
     finally:
         chan.close()
         b.close()
+
+
+@pytest.mark.parametrize("listen", [True, False])
+def test_a_cancellation_ends_accept_and_connect_retries_at_once(sockdir, listen) -> None:
+    # The endpoint's connect (not the public ``connection``) watches a
+    # Cancellation: disable() and close() must not wait for the deadline.
+    transport = UnixTransport(os.path.join(sockdir, "c"), listen=listen)
+    cancel = Cancellation()
+    timer = threading.Timer(0.05, cancel.set)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(LinkClosedError, match="connect cancelled"):
+        transport._connect_or_accept(time.monotonic() + 5.0, cancel)
+    assert time.monotonic() - t0 < 0.15
+    timer.join()
+    cancel.close()
+    cancel.set()  # after close: harmless
+    assert cancel.is_set() and cancel.fileno() == -1
+    with pytest.raises(LinkClosedError):  # a cancelled attempt makes no connection
+        transport._connect_or_accept(time.monotonic() + 5.0, cancel)
+    transport.close()

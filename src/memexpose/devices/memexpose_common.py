@@ -106,7 +106,6 @@ _ST_CONNECTING = 1 << 3
 _ST_CONNECT_FAILED = 1 << 4
 _ST_SEND_FAILED = 1 << 5
 _ST_IRQ = 1 << 6
-_IDLE_STATES = (LinkState.DISABLED, LinkState.DISCONNECTED)
 
 
 class MemexposeReg(enum.IntEnum):
@@ -261,9 +260,7 @@ class MemexposeCore:
     Invariants:
         * ``_tx`` and ``_rx`` hold 136 bytes: the 8-byte type, then 128 data bytes;
         * ``_level`` is the last level passed to ``irq_handler``;
-        * ``_dropped_base <= endpoint.interrupt_queue.dropped``;
-        * ``_waiter`` is None or the one helper thread that connects once a
-          cancelled connect has ended (``_connect``); ``close`` joins it.
+        * ``_dropped_base <= endpoint.interrupt_queue.dropped``.
     """
 
     def __init__(self, name: str, transport: Transport | str | os.PathLike[str], *,
@@ -294,8 +291,6 @@ class MemexposeCore:
         self._rx = bytearray(8 + _DATA_SIZE)
         self._guest_enabled = False
         self._send_failed = False
-        self._closing = False
-        self._waiter: threading.Thread | None = None
         self._level = False
         self._dropped_base = 0
         self.enables = 0
@@ -337,9 +332,7 @@ class MemexposeCore:
         elif state is LinkState.DISCONNECTED:
             bits |= _ST_PEER_LOST
         elif state is LinkState.DISABLED and self._guest_enabled:
-            waiter = self._waiter
-            bits |= _ST_CONNECTING if waiter is not None and waiter.is_alive() \
-                else _ST_CONNECT_FAILED
+            bits |= _ST_CONNECT_FAILED
         if self._send_failed:
             bits |= _ST_SEND_FAILED
         if self._queue.level:
@@ -400,44 +393,13 @@ class MemexposeCore:
     def _connect(self) -> None:
         """Start connecting in the background; never waits. Machine lock held.
 
-        Link workaround: ``disable()`` cancels a background connect, but the
-        connecting thread stays in the handshake until its deadline; an
-        ``enable_nowait()`` meanwhile would join it with the machine lock
-        held (a freeze of up to ``connect_timeout``), and the old thread's
-        failure would then turn the new attempt's CONNECTING into DISABLED.
-        So while such a thread lives, a helper thread waits for it without
-        the lock and connects afterwards; STATUS shows CONNECTING meanwhile.
+        ``enable_nowait`` neither waits for a connect that an earlier
+        ENABLE = 0 cancelled nor lets it change the state (E4).
         """
-        ep = self.endpoint
-        stale = getattr(ep, "_connector", None)
-        if stale is not None and stale.is_alive() and ep.state in _IDLE_STATES:
-            waiter = self._waiter
-            if waiter is None or not waiter.is_alive():
-                self._waiter = threading.Thread(target=self._connect_after, args=(stale,),
-                                                name=f"{self.name}-enable", daemon=True)
-                self._waiter.start()
-            return
         try:
-            ep.enable_nowait()
+            self.endpoint.enable_nowait()
         except LinkStateError:
-            pass  # closed, or a connect raced us: STATUS tells the guest
-
-    def _connect_after(self, stale: threading.Thread) -> None:
-        """Helper thread: let a cancelled connect finish, then connect if still wanted."""
-        while stale.is_alive():
-            if self._closing:
-                return
-            stale.join(0.05)
-        lock = self.lock
-        while not lock.acquire(timeout=0.05):
-            if self._closing:
-                return
-        try:
-            if self._guest_enabled and not self._closing:
-                self._waiter = None
-                self._connect()
-        finally:
-            lock.release()
+            pass  # closed: STATUS tells the guest
 
     def _send(self) -> None:
         self.sends += 1
@@ -492,10 +454,6 @@ class MemexposeCore:
         Call without the machine lock when possible: it joins the link's threads.
         """
         self._guest_enabled = False
-        self._closing = True
-        waiter = self._waiter
-        if waiter is not None and waiter is not threading.current_thread():
-            waiter.join(self.endpoint.connect_timeout + 1.0)
         self.endpoint.close()
 
     def statistics(self) -> MemexposeStatistics:

@@ -33,12 +33,13 @@ from memexpose.link.importer import Importer
 from memexpose.link.interrupts import INTERRUPT_QUEUE_SIZE, InterruptMessage, InterruptQueue
 from memexpose.link.session import PeerInfo, Session, establish
 from memexpose.link.stats import LinkCounters, LinkStatistics
-from memexpose.link.transport import Transport
+from memexpose.link.transport import Cancellation, Transport
 from memexpose.memory import MEMTXATTRS_UNSPECIFIED, MemoryRegion, MemTxAttrs, MemTxResult
 
 __all__ = ["LinkState", "MemexposeEndpoint"]
 
 _U64 = (1 << 64) - 1
+_LOCK_POLL = 0.02  # seconds between checks of "cancelled" while waiting for the machine lock
 
 
 class LinkState(enum.Enum):
@@ -85,7 +86,16 @@ class MemexposeEndpoint:
     Invariants:
         * ``_session`` is None or the session of the current (or last) link;
           a CONNECTED endpoint has an open session;
-        * the exporter and importer are attached to at most that session.
+        * the exporter and importer are attached to at most that session;
+        * ``_epoch`` grows by one at every enable, ``disable`` and ``close``
+          (under ``_state_lock``); a connect acts for the epoch it began in
+          and changes the state only while that is still ``_epoch``. So a
+          cancelled connect can never touch a newer attempt;
+        * ``_cancel`` is the cancellation of the latest connect (None before
+          the first); every older one is set;
+        * ``_connectors`` holds the connector threads started and not yet
+          joined: ended ones are joined at the next enable, the rest by
+          ``close``. ``enable_nowait`` and ``disable`` never wait for one.
     """
 
     def __init__(self, name: str, transport: Transport, *, exposure: Exposure | None = None,
@@ -129,8 +139,9 @@ class MemexposeEndpoint:
         self._state = LinkState.DISABLED
         self._state_lock = threading.Lock()
         self._session: Session | None = None
-        self._connector: threading.Thread | None = None
-        self._cancel = False
+        self._epoch = 0
+        self._cancel: Cancellation | None = None
+        self._connectors: list[threading.Thread] = []
         self._info: PeerInfo | None = None
         self.last_error: BaseException | None = None
         """Why the endpoint is not CONNECTED (last connect failure or link end)."""
@@ -169,69 +180,100 @@ class MemexposeEndpoint:
 
         A CONNECTED endpoint stays as it is. Blocks up to ``timeout``
         (default ``connect_timeout``); the machine lock is taken only to
-        install the link.
+        install the link. ``disable()`` or ``close()`` from another thread
+        ends the wait at once.
 
         Raises:
-            ConnectError: no peer, or the handshake failed; the state is
-                DISABLED and ``last_error`` holds the cause.
+            ConnectError: no peer, the handshake failed, or ``disable()``
+                cancelled it; the state is DISABLED and, unless cancelled,
+                ``last_error`` holds the cause.
             LinkStateError: the endpoint is closed, or ``enable_nowait`` is
                 connecting.
         """
-        if self._prepare_connect():
-            self._connect(time.monotonic() + (timeout or self.connect_timeout), raise_=True)
+        attempt = self._begin_connect(raise_busy=True)
+        if attempt is not None:
+            epoch, cancel = attempt
+            self._connect(epoch, cancel, time.monotonic() + (timeout or self.connect_timeout),
+                          True)
 
     def enable_nowait(self) -> None:
         """Start connecting in the background (for a device's ENABLE write).
 
         The state is CONNECTING until it turns CONNECTED, or DISABLED with
-        ``last_error`` set. Does not wait for the network.
+        ``last_error`` set. Does not wait for the network, nor for a connect
+        that ``disable()`` cancelled (that one can no longer change the
+        state). Safe with the machine lock held. A no-op while CONNECTING
+        or CONNECTED.
 
         Raises:
             LinkStateError: the endpoint is closed.
         """
-        if self._state is LinkState.CONNECTING:
-            return
-        if not self._prepare_connect():
-            return
-        deadline = time.monotonic() + self.connect_timeout
-        connector = threading.Thread(target=self._connect, args=(deadline, False),
-                                     name=f"{self.name}-connect", daemon=True)
-        with self._state_lock:
-            self._connector = connector
-        connector.start()
+        self._begin_connect(raise_busy=False)
 
-    def _prepare_connect(self) -> bool:
-        """Enter CONNECTING (False: already CONNECTED); join what the last link left."""
+    def _begin_connect(self, *, raise_busy: bool) -> tuple[int, Cancellation] | None:
+        """Enter CONNECTING as a new epoch; start the connector thread unless ``raise_busy``.
+
+        Returns ``(epoch, cancel)`` for ``enable`` to connect in the calling
+        thread, or None when there is nothing to do (already CONNECTED, or
+        CONNECTING for ``enable_nowait``, or the connector started). First
+        tears down what the last link left, under the machine lock
+        (re-entrant), so that the new link is attached after that.
+        """
         with self._state_lock:
             if self._state is LinkState.CONNECTED:
-                return False
+                return None
             if self._state is LinkState.CLOSED:
                 raise LinkStateError(f"endpoint {self.name!r} is closed; create a new endpoint")
             if self._state is LinkState.CONNECTING:
+                if not raise_busy:
+                    return None
                 raise LinkStateError(f"endpoint {self.name!r} is already connecting "
                                      "(enable_nowait); wait until it is CONNECTED or DISABLED")
             old = self._session
             self._session = None
-            connector = self._connector
-            self._connector = None
-            self._cancel = False
+            self._epoch += 1
+            epoch = self._epoch
+            cancel = self._cancel = Cancellation()
             self._state = LinkState.CONNECTING
-        self._join(connector, old)
-        return True
-
-    def _join(self, connector: threading.Thread | None, session: Session | None) -> None:
-        """Join a finished connector and session (no lock held)."""
-        if connector is not None and connector is not threading.current_thread():
-            connector.join(self.connect_timeout + 1.0)
-        if session is not None:
+        if old is not None:
             # Tear down here (idempotent): a server thread still waiting for
             # the lock must not tear down later, after a new link is attached.
             with self._lock:
-                session.close()
-                session.teardown()
-            session.join()
+                old.close()
+                old.teardown()
+            old.join()
+        if raise_busy:
+            return epoch, cancel
+        with self._state_lock:
+            # Join the connectors that have ended (at once); live ones were
+            # cancelled and end by themselves (close() joins them).
+            for thread in [t for t in self._connectors if not t.is_alive()]:
+                thread.join()
+                self._connectors.remove(thread)
+            if self._epoch == epoch:  # not disabled or closed meanwhile
+                connector = threading.Thread(
+                    target=self._connect,
+                    args=(epoch, cancel, time.monotonic() + self.connect_timeout, False),
+                    name=f"{self.name}-connect", daemon=True)
+                self._connectors.append(connector)
+                connector.start()
+                return None
+        cancel.close()
+        return None
 
-    def _connect(self, deadline: float, raise_: bool) -> None:
+    def _connect(self, epoch: int, cancel: Cancellation, deadline: float, raise_: bool) -> None:
+        """Connect for ``epoch`` (a connector thread, or ``enable``'s caller; no lock held).
+
+        Changes the state only while ``epoch`` is still the endpoint's
+        (``disable``, ``close`` and every new enable move it on).
+        """
+        try:
+            self._connect_epoch(epoch, cancel, deadline, raise_)
+        finally:
+            cancel.close()
+
+    def _connect_epoch(self, epoch: int, cancel: Cancellation, deadline: float,
+                       raise_: bool) -> None:
         exposed = self.exporter.exposure.announced_size if self.exporter else 0
         readonly = bool(self.exporter and self.exporter.readonly)
         try:
@@ -244,13 +286,17 @@ class MemexposeEndpoint:
                     "system.lock")
             mem, irq, info = establish(self.transport, role=self.role, exposed_size=exposed,
                                        readonly=readonly, max_block=self.max_block,
-                                       deadline=deadline)
+                                       deadline=deadline, cancel=cancel)
         except Exception as exc:
             with self._state_lock:
-                self.last_error = exc
-                if self._state is LinkState.CONNECTING:
+                current = self._epoch == epoch
+                if current:
+                    self.last_error = exc
                     self._state = LinkState.DISABLED
             if raise_:
+                if not current:
+                    raise ConnectError(f"endpoint {self.name!r}: disabled while "
+                                       "connecting") from exc
                 raise ConnectError(f"endpoint {self.name!r} could not connect over "
                                    f"{self.transport.describe()}: {exc}") from exc
             return
@@ -260,13 +306,13 @@ class MemexposeEndpoint:
                           on_close=self._session_closed)
         installed = False
         lock = self._lock
-        while not lock.acquire(timeout=0.05):
-            if self._cancel:
+        while not lock.acquire(timeout=_LOCK_POLL):
+            if cancel.is_set():
                 break
         else:
             try:
                 with self._state_lock:
-                    if not self._cancel and self._state is LinkState.CONNECTING:
+                    if self._epoch == epoch and self._state is LinkState.CONNECTING:
                         self._session = session
                         self._info = info
                         if self.exporter is not None:
@@ -283,9 +329,7 @@ class MemexposeEndpoint:
             finally:
                 lock.release()
         if not installed:
-            session.close()
-            session.teardown()
-            session.join()
+            session.discard()
             if raise_:
                 raise ConnectError(f"endpoint {self.name!r}: disabled while connecting")
 
@@ -300,16 +344,20 @@ class MemexposeEndpoint:
         """End the link (BYE to the peer), drop direct mappings, stop serving.
 
         Any state but CLOSED ends DISABLED. Safe with the machine lock held
-        (a device register write): a background connect in progress is
-        cancelled, not waited for.
+        (a device register write): a connect in progress is cancelled, not
+        waited for; it ends within milliseconds and never changes the state
+        again.
         """
         with self._state_lock:
             if self._state is LinkState.CLOSED:
                 return
-            self._cancel = True
+            self._epoch += 1
+            cancel = self._cancel
             session = self._session
             self._session = None
             self._state = LinkState.DISABLED
+        if cancel is not None:
+            cancel.set()
         if session is not None:
             with self._lock:
                 session.send_bye()
@@ -318,13 +366,21 @@ class MemexposeEndpoint:
             session.join()
 
     def close(self) -> None:
-        """Disable, then release the transport (a UNIX socket file is removed). Final."""
+        """Disable, then release the transport (a UNIX socket file is removed). Final.
+
+        Returns within milliseconds even while a connect is pending (it is
+        cancelled, then joined).
+        """
         self.disable()
         with self._state_lock:
-            connector = self._connector
-            self._connector = None
+            connectors = self._connectors
+            self._connectors = []
+            self._epoch += 1
             self._state = LinkState.CLOSED
-        self._join(connector, None)
+        me = threading.current_thread()
+        for thread in connectors:
+            if thread is not me:
+                thread.join(self.connect_timeout + 1.0)
         self.transport.close()
 
     def __enter__(self) -> MemexposeEndpoint:
@@ -418,6 +474,9 @@ class MemexposeEndpoint:
         )
 
     def _check_invariants(self) -> None:
+        with self._state_lock:
+            if self._state is LinkState.CONNECTING:
+                assert self._cancel is not None and not self._cancel.is_set()
         if self._state is LinkState.CONNECTED:
             assert self._session is not None and not self._session.closed
         if self.importer is not None:

@@ -46,8 +46,8 @@ class InterruptQueue:
         * ``received >= popped + dropped + len(self)`` (equal unless
           ``clear`` discarded entries);
         * the last level reported equals ``len(self) > 0`` once
-          ``update_level`` has run (pushes from the interrupt thread report
-          it under the machine lock, shortly after).
+          ``update_level`` has run (a push from the interrupt thread is
+          reported under the machine lock as soon as that lock is free).
     """
 
     __slots__ = ("_entries", "_lock", "_reported", "capacity", "dropped", "on_level",

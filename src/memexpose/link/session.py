@@ -21,7 +21,9 @@ The rule (docs/protocol.md, P10; ARCHITECTURE.md "Scheduling"):
   mappings are dropped, and the endpoint shows DISCONNECTED.
 
 The interrupt channel has its own thread, which only receives (into the
-16-entry queue); senders write to it under a small lock of its own.
+16-entry queue); senders write to it under a small lock of its own. It
+reports the queue level itself when the machine lock is free; when it is
+busy, the server thread reports it as soon as the holder lets go (P16).
 
 Lock order (P16): machine lock, then the interrupt send lock or the
 interrupt queue lock. No thread holds the queue or send lock while taking
@@ -112,7 +114,14 @@ from memexpose.link.codec import (
     unpack_write,
 )
 from memexpose.link.locking import lock_held
-from memexpose.link.transport import DONTWAIT, Channel, Transport, set_socket_timeouts
+from memexpose.link.transport import (
+    DONTWAIT,
+    Cancellation,
+    Channel,
+    Transport,
+    set_socket_timeouts,
+    wait_readable,
+)
 from memexpose.memory import MEMTX_DECODE_ERROR, MEMTX_ERROR, MEMTX_OK
 
 if TYPE_CHECKING:
@@ -127,7 +136,6 @@ log = logging.getLogger("memexpose.link")
 
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 _LOCK_POLL = 0.02  # seconds between checks of "closed" while waiting for the machine lock
-_LEVEL_RETRY_MS = 5  # interrupt thread: retry the machine lock this often (ms)
 _EPOLLIN = select.EPOLLIN
 _DECODE_ERROR = int(MEMTX_DECODE_ERROR)
 _BYE_DISABLED = 0
@@ -160,7 +168,8 @@ class PeerInfo:
     max_block: int
 
 
-def _read_hello(channel: Channel, want_channel: int, deadline: float) -> tuple[int, ...]:
+def _read_hello(channel: Channel, want_channel: int, deadline: float,
+                cancel: Cancellation | None) -> tuple[int, ...]:
     while True:
         frame = channel.next_frame()
         if frame is not None:
@@ -175,28 +184,31 @@ def _read_hello(channel: Channel, want_channel: int, deadline: float) -> tuple[i
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise LinkTimeoutError(f"no HELLO from {channel.peer} in time")
-        set_socket_timeouts(channel.sock, min(remaining, 0.5), remaining)
-        channel.fill()
+        if wait_readable(channel.fd, cancel, remaining):
+            channel.fill()
 
 
 def establish(transport: Transport, *, role: int, exposed_size: int, readonly: bool,
-              max_block: int, deadline: float) -> tuple[Channel, Channel, PeerInfo]:
+              max_block: int, deadline: float,
+              cancel: Cancellation | None = None) -> tuple[Channel, Channel, PeerInfo]:
     """Make both channels and exchange HELLOs (P8); return them and the settlement.
 
     The listening side accepts the memory channel, then the interrupt
     channel; the connecting side connects them in that order. The
     interrupt channel's HELLO repeats the other side's memory nonce, which
-    pairs the two connections.
+    pairs the two connections. Every wait (accept, connect retries, a
+    HELLO) also watches ``cancel``.
 
     Raises:
         LinkError: no connection before ``deadline``.
+        LinkClosedError: ``cancel`` was set (what was connected is closed).
         HandshakeError: the HELLOs do not agree.
     """
     caps = CAP_BLOCK | (CAP_FD_PASSING if transport.fd_passing else 0)
     nonce = secrets.randbits(64)
     flags = codec.HELLO_READONLY if readonly else 0
     limit = max_frame(max_block)
-    mem_sock = transport.connection(deadline)
+    mem_sock = transport._connect_or_accept(deadline, cancel)
     peer = transport.peer_name(mem_sock)
     mem = Channel(mem_sock, fd_passing=transport.fd_passing, peer=peer, frame_limit=limit)
     irq: Channel | None = None
@@ -205,16 +217,16 @@ def establish(transport: Transport, *, role: int, exposed_size: int, readonly: b
         mem_sock.sendall(codec.encode_message(codec.Hello(CHANNEL_MEMORY, role, caps, max_block,
                                                           nonce, exposed_size, flags)))
         (major, minor, _ch, peer_role, peer_flags, peer_caps, peer_block, peer_nonce,
-         peer_exposed) = _read_hello(mem, CHANNEL_MEMORY, deadline)
+         peer_exposed) = _read_hello(mem, CHANNEL_MEMORY, deadline, cancel)
         mine, _theirs = resolve_sub_priorities(role, nonce, peer_role, peer_nonce)
-        irq_sock = transport.connection(deadline)
+        irq_sock = transport._connect_or_accept(deadline, cancel)
         irq = Channel(irq_sock, fd_passing=False, peer=peer, frame_limit=limit)
         set_socket_timeouts(irq_sock, 1.0, max(0.01, deadline - time.monotonic()))
         hello_irq = codec.encode_message(codec.Hello(CHANNEL_INTERRUPT, role, caps, max_block,
                                                      peer_nonce, exposed_size, flags))
         if not transport.listen:
             irq_sock.sendall(hello_irq)
-        echoed = _read_hello(irq, CHANNEL_INTERRUPT, deadline)[7]
+        echoed = _read_hello(irq, CHANNEL_INTERRUPT, deadline, cancel)[7]
         if echoed != nonce:
             raise HandshakeError("the interrupt channel belongs to another memory channel "
                                  f"(nonce {echoed:#x}, ours {nonce:#x})")
@@ -268,7 +280,10 @@ class Session:
           ``_replies`` holds replies read for a wait that is not innermost;
         * ``_deferred`` holds requests read while a wait of equal or higher
           priority was open, oldest first; none holds an fd;
-        * the memory socket is armed in the server's epoll iff no wait is open.
+        * the memory socket is armed in the server's epoll iff no wait is open;
+        * ``_level_due``: a queue level change may be unreported; while it
+          is True the wake pipe holds a byte or the server thread is on its
+          way to the machine lock, and it reports the level next.
     """
 
     def __init__(self, *, name: str, mem: Channel, irq: Channel, info: PeerInfo,
@@ -315,6 +330,7 @@ class Session:
         self._close_done = threading.Event()
         self._bye_seen = False
         self._torn_down = False
+        self._level_due = False
         self._error: BaseException | None = None
         self._close_lock = threading.Lock()
         self._irq_send_lock = threading.Lock()
@@ -429,7 +445,8 @@ class Session:
     def teardown(self) -> None:
         """Drop direct mappings, stop exporting, close the sockets. Machine lock held.
 
-        Idempotent; runs outside any memory commit (the server thread when
+        A queue level change not yet reported is reported here. Idempotent;
+        runs outside any memory commit (the server thread when
         the link failed, or ``disable``).
         """
         assert lock_held(self._lock)
@@ -447,6 +464,23 @@ class Session:
         self._mem.close()
         with self._irq_send_lock:
             self._irq.close()
+        if self._level_due:
+            # An arrival the server thread had no time to report: the entry
+            # stays in the queue (a device may still pop it), so its level does.
+            self._report_level()
+
+    def discard(self) -> None:
+        """Release a session that was never started nor attached; any thread, no lock.
+
+        For a connect that was cancelled between the handshake and
+        installing the link: the peer sees EOF. Idempotent.
+        """
+        assert self._server is None, "discard() is for a session never started"
+        self._closed = True
+        self._torn_down = True
+        self._mem.close()
+        self._irq.close()
+        self._release_os()
 
     def join(self, timeout: float = 5.0) -> None:
         """Wait for both threads to end (the calling thread excepted).
@@ -974,6 +1008,8 @@ class Session:
                         break
                     if importer is not None and importer._zombies:
                         importer.reap()
+                    if self._level_due:
+                        self._report_level()
                     while self._deferred and not self._closed:
                         frame_bytes, length, ftype, fprio, flags, frid = self._deferred.popleft()
                         self._serve(length, ftype, fprio, flags, frid, frame_bytes, 0)
@@ -1035,34 +1071,22 @@ class Session:
             lock.release()
 
     def _irq_loop(self) -> None:
-        """Receive interrupts into the queue; report the level under the machine lock.
+        """Receive interrupts into the queue; have the level reported under the machine lock.
 
-        The thread never waits for the machine lock while interrupts may be
-        arriving: if the lock is busy when the queue turns non-empty, it
-        keeps draining the socket (the queue drops and counts overflow) and
-        retries every few milliseconds. So a sender is never held up by a
-        busy receiver.
+        The thread never waits for the machine lock, so a sender is never
+        held up by a busy receiver: it only tries the lock. When the lock is
+        busy it hands the report to the server thread (``_level_due`` and the
+        wake pipe), which blocks on the lock and reports as soon as the
+        holder releases it, and goes on draining the socket (the queue drops
+        and counts overflow).
         """
         irq = self._irq
         queue = self._irqq
         lock = self._lock
-        pending_level = False
-        poller = select.poll()
-        poller.register(irq.fd, select.POLLIN)
         try:
             while not self._closed:
-                if pending_level and lock.acquire(blocking=False):
-                    try:
-                        pending_level = False
-                        queue.update_level()
-                    except Exception:  # noqa: BLE001 - a device's IRQ hook failed
-                        log.exception("link %s: interrupt level callback failed", self.name)
-                    finally:
-                        lock.release()
                 frame = irq.next_frame()
                 if frame is None:
-                    if pending_level and not poller.poll(_LEVEL_RETRY_MS):
-                        continue
                     irq.fill()
                     continue
                 length, ftype, _prio, _flags, _rid, pos = frame
@@ -1072,13 +1096,30 @@ class Session:
                     raise ProtocolError(f"frame type {ftype:#04x} on the interrupt channel")
                 itype, data = unpack_interrupt(irq.buf, pos + HEADER_SIZE)
                 queue.push(itype, data)
-                pending_level = True
+                if lock.acquire(blocking=False):
+                    try:
+                        self._report_level()
+                    finally:
+                        lock.release()
+                elif not self._level_due:
+                    # Set before the wake byte: the server thread clears it
+                    # before it reads the queue, so no push goes unreported.
+                    self._level_due = True
+                    self.kick()
         except (ProtocolError, LinkError, OSError) as exc:
             if not self._closed:
                 self._fail(exc)
         except BaseException as exc:  # noqa: BLE001
             log.exception("link %s: interrupt thread failed", self.name)
             self._fail(exc)
+
+    def _report_level(self) -> None:
+        """Report the queue level if it changed (``on_irq_level``). Machine lock held."""
+        self._level_due = False
+        try:
+            self._irqq.update_level()
+        except Exception:  # noqa: BLE001 - a device's IRQ hook failed
+            log.exception("link %s: interrupt level callback failed", self.name)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

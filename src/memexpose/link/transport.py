@@ -9,23 +9,31 @@ Sockets stay in blocking mode. Bounded waits use ``SO_RCVTIMEO`` and
 ``SO_SNDTIMEO`` (one system call per receive, no ``poll`` first); a
 receive that times out returns 0 bytes read and the caller checks its
 deadline. EOF raises ``LinkClosedError``.
+
+Making a connection (accepting, connecting, retrying) and the handshake
+are the places that poll: they wait on the socket and on a ``Cancellation``
+at once, so that ``disable()`` or ``close()`` ends a pending connect at once
+instead of at its deadline.
 """
 
 from __future__ import annotations
 
 import array
 import errno
+import math
 import os
+import select
 import socket
 import stat
 import struct
+import threading
 import time
 from abc import ABC, abstractmethod
 
 from memexpose.errors import ConfigError, LinkBusyError, LinkClosedError, LinkError, ProtocolError
 from memexpose.link.codec import HEADER_SIZE, parse_header
 
-__all__ = ["Channel", "TcpTransport", "Transport", "UnixTransport"]
+__all__ = ["Cancellation", "Channel", "TcpTransport", "Transport", "UnixTransport"]
 
 _MAX_FDS_PER_RECV = 4
 _ANC_SPACE = socket.CMSG_SPACE(_MAX_FDS_PER_RECV * array.array("i").itemsize)
@@ -36,6 +44,91 @@ _CTRUNC = int(socket.MSG_CTRUNC)
 DONTWAIT = int(socket.MSG_DONTWAIT)
 _TIMEVAL = struct.Struct("ll")
 _UNIX_PATH_MAX = 107
+_RETRY = 0.005  # seconds between connect attempts while the listener is missing
+_RETRY_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ETIMEDOUT)
+
+
+class Cancellation:
+    """A one-shot "stop connecting" signal that also wakes ``poll``: a flag and an eventfd.
+
+    One per connect attempt. ``set`` may come from any thread, at any time,
+    also after ``close``. The attempt polls ``fileno()`` beside its socket,
+    and makes each connection (``accept``, ``connect``) inside ``guard()``,
+    so it never makes one after ``set`` returned.
+
+    Invariants:
+        * ``_fd`` is the eventfd, or -1 once closed; it is readable iff
+          ``_set`` (or closed);
+        * ``_set`` never goes back to False.
+    """
+
+    __slots__ = ("_fd", "_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+
+    def set(self) -> None:
+        """Cancel (idempotent, any thread); wakes a ``poll`` on ``fileno()``."""
+        with self._lock:
+            if self._set:
+                return
+            self._set = True
+            if self._fd >= 0:
+                os.eventfd_write(self._fd, 1)
+
+    def is_set(self) -> bool:
+        """Whether ``set`` was called."""
+        return self._set
+
+    def fileno(self) -> int:
+        """The eventfd to poll (readable once cancelled); -1 after ``close``."""
+        return self._fd
+
+    def guard(self) -> threading.Lock:
+        """The lock to hold while checking ``is_set`` and making a connection."""
+        return self._lock
+
+    def close(self) -> None:
+        """Release the eventfd (the attempt is over); ``set`` stays callable. Idempotent."""
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __repr__(self) -> str:
+        return f"<Cancellation {'set' if self._set else 'clear'}>"
+
+
+def cancelled_error(what: str) -> LinkClosedError:
+    """The error a cancelled connect ends with."""
+    return LinkClosedError(f"{what}: connect cancelled (the link was disabled)")
+
+
+def wait_readable(fd: int, cancel: Cancellation | None, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``fd`` to be readable; False on timeout.
+
+    ``fd`` may be -1 (only sleep, cancellably).
+
+    Raises:
+        LinkClosedError: ``cancel`` was set (before or during the wait).
+    """
+    poller = select.poll()
+    if fd >= 0:
+        poller.register(fd, select.POLLIN)
+    cfd = -1 if cancel is None else cancel.fileno()
+    if cfd >= 0:
+        poller.register(cfd, select.POLLIN)
+    if cancel is not None and cancel.is_set():
+        raise cancelled_error("waiting")
+    try:
+        events = poller.poll(max(0, math.ceil(timeout * 1000)))
+    except InterruptedError:
+        events = []
+    if cancel is not None and cancel.is_set():
+        raise cancelled_error("waiting")
+    return any(efd == fd for efd, _ in events)
 
 
 def set_socket_timeouts(sock: socket.socket, recv: float | None, send: float | None) -> None:
@@ -338,41 +431,102 @@ class Transport(ABC):
         Raises:
             LinkError: nothing connected before the deadline.
         """
+        return self._connect_or_accept(deadline, None)
+
+    def _connect_or_accept(self, deadline: float, cancel: Cancellation | None) -> socket.socket:
+        """``connection``, which ``cancel`` ends at once (the endpoint's connect).
+
+        No system call blocks: ``accept`` runs once ``poll`` saw a peer, a
+        connect is non-blocking, and retries and a TCP connect in progress
+        wait in ``poll`` on the socket and ``cancel``.
+
+        Raises:
+            LinkClosedError: ``cancel`` was set; no connection was made after that.
+            LinkError: nothing connected before the deadline.
+        """
         if self.listen:
-            self.open()
-            listener = self._listener_socket()
-            assert listener is not None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LinkError(f"{self.describe()}: no peer connected in time")
-            listener.settimeout(remaining)
-            try:
-                sock, _ = listener.accept()
-            except TimeoutError as exc:
-                raise LinkError(f"{self.describe()}: no peer connected before the deadline; "
-                                "start the peer, or raise the connect timeout") from exc
-            sock.setblocking(True)
-            self._tune(sock)
-            return sock
+            return self._accept(deadline, cancel)
         last: OSError | None = None
         while True:
             sock = self._new_connection()
             try:
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                sock.connect(self._address())
-                sock.setblocking(True)
-                self._tune(sock)
-                return sock
-            except OSError as exc:
+                sock.setblocking(False)
+                if cancel is None:
+                    err = sock.connect_ex(self._address())
+                else:
+                    with cancel.guard():
+                        if cancel.is_set():
+                            raise cancelled_error(f"connecting to {self.describe()}")
+                        err = sock.connect_ex(self._address())
+                if err == errno.EINPROGRESS:
+                    err = self._finish_connect(sock, deadline, cancel)
+                if err == 0:
+                    sock.setblocking(True)
+                    self._tune(sock)
+                    return sock
+                last = OSError(err, os.strerror(err))
+                if err not in _RETRY_ERRNOS:
+                    raise last
+            except OSError as exc:  # also a host name that does not resolve
                 sock.close()
-                last = exc
-                if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN,
-                                     None) and not isinstance(exc, TimeoutError):
-                    raise LinkError(f"cannot connect to {self.describe()}: {exc}") from exc
-            if time.monotonic() >= deadline:
+                raise LinkError(f"cannot connect to {self.describe()}: {exc}") from exc
+            except BaseException:
+                sock.close()
+                raise
+            sock.close()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise LinkError(f"cannot connect to {self.describe()} before the deadline "
                                 f"({last}); is the listening peer running?") from last
-            time.sleep(0.005)
+            wait_readable(-1, cancel, min(_RETRY, remaining))
+
+    def _finish_connect(self, sock: socket.socket, deadline: float,
+                        cancel: Cancellation | None) -> int:
+        """Wait for a non-blocking connect in progress; return its errno (0: connected)."""
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLOUT)
+        cfd = -1 if cancel is None else cancel.fileno()
+        if cfd >= 0:
+            poller.register(cfd, select.POLLIN)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return errno.ETIMEDOUT
+            try:
+                events = poller.poll(math.ceil(remaining * 1000))
+            except InterruptedError:
+                continue
+            if cancel is not None and cancel.is_set():
+                raise cancelled_error(f"connecting to {self.describe()}")
+            if any(fd == sock.fileno() for fd, _ in events):
+                return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+    def _accept(self, deadline: float, cancel: Cancellation | None) -> socket.socket:
+        """Accept one connection before ``deadline`` (see ``_connect_or_accept``)."""
+        self.open()
+        listener = self._listener_socket()
+        assert listener is not None
+        listener.setblocking(False)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LinkError(f"{self.describe()}: no peer connected before the deadline; "
+                                "start the peer, or raise the connect timeout")
+            if not wait_readable(listener.fileno(), cancel, remaining):
+                continue
+            try:
+                if cancel is None:
+                    sock, _ = listener.accept()
+                else:
+                    with cancel.guard():
+                        if cancel.is_set():
+                            raise cancelled_error(f"listening on {self.describe()}")
+                        sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # another accept took it
+            sock.setblocking(True)
+            self._tune(sock)
+            return sock
 
     def _tune(self, sock: socket.socket) -> None:  # noqa: B027 - optional hook
         """Set per-connection socket options (none by default)."""
