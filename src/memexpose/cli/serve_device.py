@@ -72,17 +72,22 @@ def _accept_one(path: str) -> socket.socket:
         finally:
             probe.close()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bind under a temporary name and rename once listening, so the socket
+    # file appearing means a connect succeeds (no bind-to-listen race).
+    staging = f"{path}.{os.getpid()}.tmp"
     try:
-        srv.bind(path)
+        srv.bind(staging)
         srv.listen(1)
+        os.rename(staging, path)
         log.info("waiting for the VM side on %s", path)
         conn, _ = srv.accept()
     finally:
         srv.close()
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        for name in (staging, path):
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
     return conn
 
 
