@@ -41,7 +41,7 @@ def trusted(sockdir: str) -> Iterator[TrustedVm]:
 @pytest.fixture
 def rich(trusted: TrustedVm, sockdir: str) -> Iterator[FakeRich]:
     """A CPU-less rich peer connected to ``trusted``."""
-    peer = FakeRich(os.path.join(sockdir, "link.sock"), settle=trusted.wait_idle)
+    peer = FakeRich(os.path.join(sockdir, "link.sock"))
     try:
         yield peer
     finally:

@@ -14,7 +14,6 @@ import dataclasses
 import struct
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from memexpose.link import Exposure, MemexposeEndpoint, UnixTransport
@@ -77,20 +76,6 @@ class TrustedVm:
         names = ("calls", "errors", "unknown", "ns_read_bytes", "ns_write_bytes", "counter_hz")
         return dict(zip(names, struct.unpack("<6Q", self.read("stats", 48))))
 
-    def wait_idle(self, timeout: float = 5.0) -> None:
-        """Wait until the guest is back in ``wfi`` (its CPU not running).
-
-        The CPU adapter repeats an MMIO store when a kick from another thread
-        lands just after the store's callback (see the flagship report); a
-        peer in this process answers within microseconds of the trusted OS's
-        SEND, so it waits for the guest to finish before the next call, as a
-        rich VM in another process does by nature.
-        """
-        deadline = time.monotonic() + timeout
-        while self.machine.cpu.running:
-            assert time.monotonic() < deadline, "the trusted guest did not go idle"
-            time.sleep(0.0002)
-
     def wait_console(self, text: str, timeout: float = 10.0) -> None:
         """Wait until the guest has printed ``text``."""
         deadline = time.monotonic() + timeout
@@ -112,8 +97,7 @@ class FakeRich:
             page, then nothing).
     """
 
-    def __init__(self, socket: str, ram_size: int = FAKE_RAM, window: int = 0x2000,
-                 settle: Callable[[], None] | None = None) -> None:
+    def __init__(self, socket: str, ram_size: int = FAKE_RAM, window: int = 0x2000) -> None:
         self.system = MemorySystem("fake-rich")
         self.root = MemoryRegion.init_container("fake-rich.system", 1 << 64)
         self.memory = AddressSpace(self.root, "fake-rich", system=self.system)
@@ -129,7 +113,6 @@ class FakeRich:
         self.endpoint.enable()
         self.call_id = 0
         self.arena = 0x40_0000
-        self.settle = settle
 
     def alloc(self, size: int, align: int = 8) -> int:
         """Return fresh RAM for a message or payload."""
@@ -162,8 +145,6 @@ class FakeRich:
     def call(self, function: int, msg_addr: int = 0, timeout: float = 5.0
              ) -> tuple[int, int, int]:
         """Make one secure call; return ``(status, value, service ticks)`` of the return."""
-        if self.settle is not None:
-            self.settle()
         self.call_id += 1
         self._arrived.clear()
         assert self.endpoint.send_interrupt(function, struct.pack("<QQ", msg_addr,

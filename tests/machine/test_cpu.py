@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
+import sys
+import threading
+import time
+from typing import Any
 
 import pytest
 
@@ -426,3 +431,216 @@ def test_arm32_mmio_traps_and_irq() -> None:
     exit_ = cpu.execute()
     assert (exit_.kind, cpu.read_register("r5")) == (CpuExitKind.BREAKPOINT, 1)
     cpu.close()
+
+
+# -- stops and MMIO accesses (docs/machine.md, "Stops and MMIO accesses") --------
+#
+# Unicorn looks for a stop request after every guest memory access and, finding
+# one, rewinds the PC to the start of that instruction. A kick from another
+# thread that landed after an MMIO callback had returned, but before that check
+# (the callback's "tail"), used to make the access reach the device twice.
+# ``TailKick`` makes a kick land there deterministically: a profile hook on the
+# CPU thread sees the callback return and holds that thread until another
+# thread has kicked the CPU.
+
+# The guests (source beside each) run from RAM at ram_base and end in a
+# breakpoint (a trap the CPU reports however a kick races with it).
+_GUESTS = {
+    # str w3, [x1]; ldr w4, [x1, #4]; 1: subs x5, x5, #1; b.ne 1b; brk #0
+    (Arch.AARCH64, "access"): "230000b9240440b9a50400f1e1ffff54000020d4",
+    # movl %ebx, (%rsi); movl 4(%rsi), %ecx; 1: dec %rdx; jnz 1b; int3
+    (Arch.X86_64, "access"): "891e8b4e0448ffca75fbcc",
+    # ldr x4, [x1]; 1: subs x5, x5, #1; b.ne 1b; brk #0
+    (Arch.AARCH64, "wide"): "240040f9a50400f1e1ffff54000020d4",
+    # movq (%rsi), %rcx; 1: dec %rdx; jnz 1b; int3
+    (Arch.X86_64, "wide"): "488b0e48ffca75fbcc",
+    # 1: ldr w4, [x1]; str w4, [x1, #4]; subs x5, x5, #1; b.ne 1b; brk #0
+    (Arch.AARCH64, "echo"): "240040b9240400b9a50400f1a1ffff54000020d4",
+    # 1: movl (%rsi), %ecx; movl %ecx, 4(%rsi); dec %rdx; jnz 1b; int3
+    (Arch.X86_64, "echo"): "8b0e894e0448ffca75f6cc",
+    # ldr w0, [x0]; brk #0
+    (Arch.AARCH64, "self-load"): "000040b9000020d4",
+}
+_DEV = 0x0900_0000
+_FOREVER = 1 << 62  # spins: only a kick ends them (see _run_to_breakpoint)
+
+
+def _load_guest(rig: Rig, name: str, spins: int = _FOREVER) -> None:
+    """Load guest ``name`` at ram_base; x1/rsi = the device, x3/rbx = 0x5A, x5/rdx = ``spins``."""
+    rig.memory.write_rom(rig.ram_base, bytes.fromhex(_GUESTS[rig.arch, name]))
+    rig.cpu.invalidate_code(rig.ram_base, 0x100)
+    rig.cpu.pc = rig.ram_base
+    if rig.arch is Arch.AARCH64:
+        _set(rig, x1=_DEV, x3=0x5A, x5=spins)
+    else:
+        _set(rig, rsi=_DEV, rbx=0x5A, rdx=spins)
+
+
+def _run_to_breakpoint(rig: Rig, *, end_spin: bool = False) -> list[CpuExitKind]:
+    """Run, taking kicks, until the guest's final breakpoint; return every exit's kind.
+
+    With ``end_spin``, each kick also cuts the guest's spin loop short.
+    """
+    kinds = []
+    while True:
+        exit_ = rig.cpu.execute()
+        kinds.append(exit_.kind)
+        if exit_.kind is not CpuExitKind.KICKED:
+            assert exit_.kind is CpuExitKind.BREAKPOINT, exit_
+            return kinds
+        with rig.cpu.lock:
+            rig.cpu.take_requests()
+        if end_spin:
+            _set(rig, **{"x5" if rig.arch is Arch.AARCH64 else "rdx": 1})
+
+
+class TailKick:
+    """Kick the CPU from another thread in the tail of the ``nth`` call of ``callback``.
+
+    Use as a context manager around ``cpu.execute()`` on the calling thread.
+    """
+
+    def __init__(self, cpu: Any, callback: Any, nth: int = 1) -> None:
+        self.cpu = cpu
+        self.code = callback.__code__
+        self.nth = nth
+        self.calls = 0
+        self.go = threading.Event()
+        self.kicked = threading.Event()
+        self.thread = threading.Thread(target=self._kick, name="tail-kicker")
+
+    def _kick(self) -> None:
+        if self.go.wait(10) and self.calls:
+            with self.cpu.lock:
+                self.cpu.kick()
+            self.kicked.set()
+
+    def _profile(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "return" and frame.f_code is self.code:
+            self.calls += 1
+            if self.calls == self.nth:
+                # The callback has released the machine lock; Unicorn has not
+                # yet looked for a stop request. The other thread kicks now.
+                self.go.set()
+                assert self.kicked.wait(10)
+
+    def __enter__(self) -> TailKick:
+        self.thread.start()
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setprofile(None)
+        self.go.set()
+        self.thread.join()
+
+
+@pytest.mark.parametrize("kind", ["w", "r"])
+def test_kick_in_the_tail_of_an_access_does_not_repeat_it(rig: Rig, kind: str) -> None:
+    """A kick right after a store's or a load's callback: the device sees it once."""
+    dev = Recorder()
+    rig.root.add_subregion(_DEV, MemoryRegion.init_io("dev", 0x1000, dev))
+    _load_guest(rig, "access")
+    read, write = rig.cpu.mmio_callbacks(_DEV)
+    with TailKick(rig.cpu, write if kind == "w" else read) as tail:
+        kinds = _run_to_breakpoint(rig, end_spin=True)
+    assert tail.kicked.is_set()
+    assert kinds == [CpuExitKind.KICKED, CpuExitKind.BREAKPOINT]  # the kick was honoured
+    assert dev.calls == [("w", 0, 4, 0x5A), ("r", 4, 4, 0x1122_3344)]
+    assert rig.cpu.read_register("x4" if rig.arch is Arch.AARCH64 else "rcx") == 0x1122_3344
+    stats = rig.cpu.statistics()
+    assert stats["deferred_kicks"] == 1
+    # After the store, the load's callback found the kick and stopped inside it.
+    assert stats["replays"] == (1 if kind == "w" else 0)
+
+
+def test_kick_between_the_halves_of_a_split_access(rig: Rig) -> None:
+    """An 8-byte load that a 4-byte device sees as two reads, kicked in between."""
+    dev = Recorder()
+    rig.root.add_subregion(_DEV, MemoryRegion.init_io("dev", 0x1000, dev))
+    _load_guest(rig, "wide")
+    read, _ = rig.cpu.mmio_callbacks(_DEV)
+    with TailKick(rig.cpu, read) as tail:
+        kinds = _run_to_breakpoint(rig, end_spin=True)
+    assert tail.kicked.is_set() and kinds == [CpuExitKind.KICKED, CpuExitKind.BREAKPOINT]
+    assert [c[:3] for c in dev.calls] == [("r", 0, 4), ("r", 4, 4)]
+    assert rig.cpu.read_register("x4" if rig.arch is Arch.AARCH64 else "rcx") == \
+        0x1122_3344_5566_7788
+    assert rig.cpu.statistics()["replays"] == 1
+
+
+def test_stop_inside_a_load_that_overwrites_its_base(a64: Rig) -> None:
+    """AArch64 writes a load's register before Unicorn stops: ``ldr w0, [x0]`` survives."""
+
+    class Kicking(MemoryRegionOps):
+        reads = 0
+
+        def read(self, offset: int, size: int) -> int:
+            Kicking.reads += 1
+            a64.cpu.kick()  # lands inside the access
+            return 0x1234
+
+    a64.root.add_subregion(_DEV, MemoryRegion.init_io("dev", 0x1000, Kicking()))
+    _load_guest(a64, "self-load")
+    _set(a64, x0=_DEV + 8)
+    assert _run_to_breakpoint(a64) == [CpuExitKind.KICKED, CpuExitKind.BREAKPOINT]
+    assert Kicking.reads == 1
+    assert a64.cpu.read_register("x0") == 0x1234
+
+
+class Echo(MemoryRegionOps):
+    """Reads at offset 0 return 1, 2, 3...; writes at offset 4 are logged."""
+
+    valid = AccessConstraints(4, 4)
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.written: list[int] = []
+
+    def read(self, offset: int, size: int) -> int:
+        self.reads += 1
+        return self.reads
+
+    def write(self, offset: int, value: int, size: int) -> None:
+        self.written.append(value)
+
+
+def test_random_kicks_never_repeat_or_drop_accesses(rig: Rig) -> None:
+    """Kicks from another thread at random times: every read and write happens once.
+
+    The guest's loop starts with the load, so a stop that lands at the loop
+    head looks like one in the tail of the previous iteration's load.
+    """
+    echo = Echo()
+    rig.root.add_subregion(_DEV, MemoryRegion.init_io("echo", 0x1000, echo))
+    _load_guest(rig, "echo")
+    done = threading.Event()
+    rng = random.Random(1)
+    kicks = 0
+
+    def kicker() -> None:
+        nonlocal kicks
+        while not done.is_set():
+            time.sleep(rng.random() * 0.0003)
+            with rig.cpu.lock:
+                rig.cpu.kick()
+                kicks += 1
+
+    thread = threading.Thread(target=kicker, name="kicker")
+    thread.start()
+    try:
+        while True:
+            exit_ = rig.cpu.execute()
+            if exit_.kind is not CpuExitKind.KICKED:
+                break
+            with rig.cpu.lock:
+                rig.cpu.take_requests()
+                if kicks >= 200:
+                    _set(rig, **{"x5" if rig.arch is Arch.AARCH64 else "rdx": 1})
+    finally:
+        done.set()
+        thread.join()
+    assert exit_.kind is CpuExitKind.BREAKPOINT, exit_
+    assert echo.reads > 200
+    # A repeated read skips a value; a repeated or swallowed write repeats one.
+    assert echo.written == list(range(1, echo.reads + 1))

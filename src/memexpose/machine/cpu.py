@@ -17,12 +17,19 @@ describes the model; the points that matter here:
   (``impl.max_access_size == 8``) the CPU adds a memory hook on those pages
   only; it reports the real size first, and the two halves become one
   8-byte dispatch.
-* **Stops inside an access.** A stop that lands while Unicorn is inside an
-  MMIO access leaves the PC *at* the access, whose side effect already
-  happened (on x86 a load has not even written its register). Every access
-  made while a stop is pending is logged; before anything else runs, the
-  CPU re-executes that one instruction with the log replayed (reads return
-  the logged values, writes are swallowed), so devices see each access once.
+* **Stops and MMIO accesses** (docs/machine.md, rules S1-S4). Unicorn
+  looks for a stop request after every guest memory access; finding one,
+  it rewinds the PC to the start of that instruction, whose device
+  accesses already happened. Every MMIO callback records its access (S1).
+  A callback that finds a kick pending stops the CPU itself; the CPU then
+  re-runs that one instruction replaying the recorded accesses, so an
+  instruction with several accesses repeats none of them (S2). A kick from
+  another thread may land in a callback's *tail* (after it released the
+  lock, before Unicorn's check; no Python code marks its end), so it stops
+  Unicorn at once only while no callback has returned since the CPU was
+  last known to be between instructions (S3). Otherwise the stopper thread
+  stops it once the CPU thread has spent ``_TAIL_CPU_NS`` of CPU time with
+  no further callback (S4).
 * **Traps.** ``smc``/``hvc``/``svc`` (ARM) and ``vmcall`` (x86) go to the
   handler registered for the kind (``set_trap_handler``); x86 ``in``/``out``
   go to the I/O address space.
@@ -33,7 +40,8 @@ describes the model; the points that matter here:
 Threads: guest code runs in the thread that calls ``execute``, without the
 machine lock. Any thread may call ``kick``; the rest of the API is for the
 machine's run loop, with the machine lock held, while guest code is not
-running.
+running. The CPU starts its stopper thread on the first deferred kick and
+joins it in ``close``.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ import enum
 import logging
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +97,13 @@ _MASK64 = (1 << 64) - 1
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFC  # never reached: no block is invalidated at exit
 _READ = 0
 _WRITE = 1
+# How many recent MMIO accesses are kept for replay (S1): more than any one
+# instruction makes (an 8-byte access split in two is two).
+_RECENT = 256
+# CPU time the CPU thread must spend after its last MMIO callback before
+# another thread's kick may stop Unicorn (S4): a tail costs a few us.
+_TAIL_CPU_NS = 100_000
+_TAIL_POLL_NS = 20_000  # the stopper's shortest wait between looks at that CPU time
 
 # Kick reasons (bits of UnicornCPU._requests).
 KICK_MAP = 1
@@ -227,30 +244,57 @@ class _CallbackState:
 
     Invariants:
         * ``stop`` is True iff a kick is pending (``UnicornCPU._requests``);
-        * ``log`` is empty unless ``stop`` was True during some access;
+        * ``recent`` holds this slice's last ``_RECENT`` MMIO accesses, oldest
+          first, as ``(kind, addr, size, value)``; it is cleared when a slice
+          starts (no instruction is under way then);
+        * ``interrupted`` is True iff a callback of this slice stopped the
+          CPU inside an access; ``context`` is then the AArch64 registers
+          taken in that callback (None elsewhere);
         * ``replay`` is non-empty only while the CPU finishes an interrupted
           instruction.
     """
 
-    __slots__ = ("log", "replay", "stop", "wide_hi", "wide_hi_addr", "wide_pending",
-                 "wide_skip")
+    __slots__ = ("context", "interrupted", "recent", "replay", "replay_started", "stop",
+                 "wide_hi", "wide_hi_addr", "wide_pending", "wide_skip")
 
     def __init__(self) -> None:
         self.stop = False
-        self.log: list[tuple[int, int, int, int]] = []
+        self.recent: deque[tuple[int, int, int, int]] = deque(maxlen=_RECENT)
+        self.interrupted = False
+        self.context: Any = None
         self.replay: list[tuple[int, int, int, int]] = []
+        self.replay_started = False
         self.wide_pending: tuple[bool, int, int] | None = None
         self.wide_hi = 0
         self.wide_hi_addr = -1
         self.wide_skip = -1
 
-    def take_replay(self, kind: int, addr: int, size: int) -> int | None:
-        """Return the logged value of this access if it is next in the replay log."""
-        head = self.replay[0]
-        if head[0] == kind and head[1] == addr and head[2] == size:
-            del self.replay[0]
+    def take_replay(self, kind: int, addr: int, size: int, value: int) -> int | None:
+        """Return the recorded value of this access if the replay has it, else None (S2).
+
+        The interrupted instruction's accesses are the newest recorded ones,
+        but how many of them is not known: the first access of the re-run
+        matches the most recent record equal to it (``value`` is compared for
+        writes), and each further one must match the record after. An access
+        that matches nothing ends the replay; it and the rest are performed.
+        """
+        replay = self.replay
+        if not self.replay_started:
+            self.replay_started = True
+            for i in range(len(replay) - 1, -1, -1):
+                k, a, s, v = replay[i]
+                if k == kind and a == addr and s == size and (kind == _READ or v == value):
+                    del replay[:i + 1]
+                    self.wide_pending = None
+                    return v
+            replay.clear()
+            return None
+        k, a, s, v = replay[0]
+        if k == kind and a == addr and s == size and (kind == _READ or v == value):
+            del replay[0]
             self.wide_pending = None
-            return head[3]
+            return v
+        replay.clear()
         return None
 
 
@@ -392,7 +436,12 @@ class UnicornCPU:
         * ``_mapped`` holds exactly what Unicorn has mapped, sorted by start,
           non-overlapping; each entry keeps its callbacks and host memory alive;
         * ``_pending_plan`` is None or a plan not yet applied;
-        * ``_requests`` is nonzero iff ``_st.stop``.
+        * ``_requests`` is nonzero iff ``_st.stop``;
+        * ``_quiet`` is the newest recorded access of this slice whose
+          instruction is known to have retired (None: none, or none yet);
+          Unicorn is stopped from another thread only while it is
+          ``_st.recent``'s newest (S3);
+        * ``_proving`` is the slice number the stopper is proving quiet, or 0.
     """
 
     def __init__(self, arch: Arch, memory: AddressSpace, *, io: AddressSpace | None = None,
@@ -417,7 +466,15 @@ class UnicornCPU:
         self._st = _CallbackState()
         self._requests = 0
         self._in_emu = False
+        self._replaying = False
         self._cpu_thread: int | None = None
+        self._slices = 0
+        self._quiet: tuple[int, int, int, int] | None = None
+        self._proving = 0
+        self._stopper: threading.Thread | None = None
+        self._stopper_cv = threading.Condition(self.lock)
+        self._stopper_quit = False
+        self._stopper_exited = False
         self._mapped: list[_Mapped] = []
         self._pending_plan: list[CpuMapping] | None = None
         self._plan_generation = 0
@@ -435,6 +492,7 @@ class UnicornCPU:
         self.mmio_accesses = 0  # statistics: slow-path accesses (generic pages)
         self.remaps = 0
         self.replays = 0
+        self.deferred_kicks = 0
         self.injected_irqs = 0
         self._cs = self._make_disassembler(thumb=False)
         self._setup_arch()
@@ -688,6 +746,8 @@ class UnicornCPU:
         mem_read = self.memory.read
         mem_write = self.memory.write
         failed = self._callback_failed
+        record = st.recent.append
+        stop_inside = self._stop_inside_access
 
         if m.kind == KIND_DEVICE:
             mr = m.mr
@@ -741,7 +801,7 @@ class UnicornCPU:
                 try:
                     addr = base + off
                     if st.replay:
-                        value = st.take_replay(_READ, addr, size)
+                        value = st.take_replay(_READ, addr, size, 0)
                         if value is not None:
                             return value
                     offset = addr + delta
@@ -749,8 +809,9 @@ class UnicornCPU:
                         value = ops_read(offset, size) & masks[size]
                     else:
                         value = load(addr, size)
+                    record((_READ, addr, size, value))
                     if st.stop:
-                        st.log.append((_READ, addr, size, value))
+                        stop_inside()
                     return value
                 except BaseException as exc:  # never raise into Unicorn
                     failed(exc, m, base + off, size, False)
@@ -762,15 +823,16 @@ class UnicornCPU:
                 acquire()
                 try:
                     addr = base + off
-                    if st.replay and st.take_replay(_WRITE, addr, size) is not None:
+                    if st.replay and st.take_replay(_WRITE, addr, size, value) is not None:
                         return
                     offset = addr + delta
                     if fast_w[size] and not offset & (size - 1) and guard is None:
                         ops_write(offset, value & masks[size], size)
                     else:
                         store(addr, value, size)
+                    record((_WRITE, addr, size, value))
                     if st.stop:
-                        st.log.append((_WRITE, addr, size, value))
+                        stop_inside()
                 except BaseException as exc:
                     failed(exc, m, base + off, size, True)
                 finally:
@@ -781,7 +843,7 @@ class UnicornCPU:
                 try:
                     addr = base + off
                     if st.replay:
-                        value = st.take_replay(_READ, addr, size)
+                        value = st.take_replay(_READ, addr, size, 0)
                         if value is not None:
                             return value
                     wide = st.wide_pending
@@ -797,8 +859,9 @@ class UnicornCPU:
                         value = st.wide_hi
                     else:
                         value = load(addr, size)
+                    record((_READ, addr, size, value))
                     if st.stop:
-                        st.log.append((_READ, addr, size, value))
+                        stop_inside()
                     return value
                 except BaseException as exc:
                     failed(exc, m, base + off, size, False)
@@ -810,7 +873,7 @@ class UnicornCPU:
                 acquire()
                 try:
                     addr = base + off
-                    if st.replay and st.take_replay(_WRITE, addr, size) is not None:
+                    if st.replay and st.take_replay(_WRITE, addr, size, value) is not None:
                         return
                     wide = st.wide_pending
                     if wide is not None and size == 4 and wide[0] and wide[1] == addr:
@@ -821,8 +884,9 @@ class UnicornCPU:
                         st.wide_skip = -1
                     else:
                         store(addr, value, size)
+                    record((_WRITE, addr, size, value))
                     if st.stop:
-                        st.log.append((_WRITE, addr, size, value))
+                        stop_inside()
                 except BaseException as exc:
                     failed(exc, m, base + off, size, True)
                 finally:
@@ -852,14 +916,18 @@ class UnicornCPU:
     def kick(self, reason: int = KICK_MACHINE) -> None:
         """Make ``execute`` return soon (machine lock held; any thread).
 
-        The stop may land inside an MMIO access; the access log makes that
-        harmless (see the module docstring). A kick that arrives before
-        ``execute`` starts makes it return at once.
+        A kick that arrives before ``execute`` starts makes it return at once.
+        While guest code runs, the CPU stops at the next MMIO access (which
+        is then replayed, not repeated), or at once if no MMIO callback has
+        returned since the CPU was last known to be between instructions,
+        or else once the CPU thread has run ``_TAIL_CPU_NS`` of CPU time
+        past that callback (the stopper thread; typically 0.1-0.3 ms). See
+        the module docstring.
         """
         self._requests |= reason
         self._st.stop = True
         if self._in_emu:
-            self.uc.emu_stop()
+            self._stop_emulation()
 
     def kick_again(self) -> None:
         """Re-issue a pending kick (the machine's watchdog; machine lock held).
@@ -868,7 +936,96 @@ class UnicornCPU:
         ``emu_start``; re-issuing while a kick is pending closes that gap.
         """
         if self._requests and self._in_emu:
+            self._stop_emulation()
+
+    def _stop_emulation(self) -> None:
+        """Stop Unicorn now if that is safe, else have the stopper do it (lock held).
+
+        Safe (S3): on the CPU thread (inside a hook; an MMIO callback then
+        stops inside its access, S2), or while no MMIO callback has returned
+        since the CPU was last known to be between instructions.
+        """
+        if self._replaying:
+            return  # one instruction: it ends by itself
+        if threading.get_ident() == self._cpu_thread:
             self.uc.emu_stop()
+            return
+        if self._proving == self._slices:
+            return  # the stopper already works on this slice
+        st = self._st
+        if (st.recent[-1] if st.recent else None) is self._quiet:
+            self.uc.emu_stop()
+            return
+        self.deferred_kicks += 1
+        self._proving = self._slices
+        if self._stopper is None:
+            self._stopper_quit = self._stopper_exited = False
+            self._stopper = threading.Thread(target=self._stopper_main,
+                                             name=f"{self.name}-stopper", daemon=True)
+            self._stopper.start()
+        self._stopper_cv.notify_all()
+
+    def _stopper_main(self) -> None:
+        """The stopper thread: issue deferred stops once the CPU is quiet (S4)."""
+        cv = self._stopper_cv
+        with cv:
+            try:
+                while not self._stopper_quit:
+                    if self._proving:
+                        self._prove_quiet_and_stop()
+                    else:
+                        cv.wait()
+            finally:
+                self._stopper_exited = True
+                cv.notify_all()
+
+    def _prove_quiet_and_stop(self) -> None:
+        """Stop Unicorn once the CPU thread has run past its last MMIO callback.
+
+        Machine lock held (released while waiting). The newest recorded
+        access's callback has returned, but its instruction may not have
+        retired. Once the CPU thread has spent ``_TAIL_CPU_NS`` of CPU time
+        with no further callback, it has: the stop is safe and that access
+        becomes ``_quiet``. A callback in between saw the pending kick and
+        stopped the CPU itself; the end of the slice ends the wait too.
+        """
+        target = self._proving
+        st = self._st
+        mark = st.recent[-1] if st.recent else None
+        assert self._cpu_thread is not None
+        try:
+            clock = time.pthread_getcpuclockid(self._cpu_thread)
+            start = time.clock_gettime_ns(clock)
+        except (AttributeError, OSError):  # no per-thread CPU clock: use wall time
+            clock, start = time.CLOCK_MONOTONIC, time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        while (not self._stopper_quit and self._in_emu and self._slices == target
+               and self._requests and (st.recent[-1] if st.recent else None) is mark):
+            remaining = _TAIL_CPU_NS - (time.clock_gettime_ns(clock) - start)
+            if remaining <= 0:
+                self._quiet = mark
+                self.uc.emu_stop()
+                break
+            # A running CPU thread gains CPU time as fast as wall time passes.
+            self._stopper_cv.wait(max(remaining, _TAIL_POLL_NS) / 1e9)
+        if self._proving == target:
+            self._proving = 0
+
+    def _stop_inside_access(self) -> None:
+        """From an MMIO callback, with a kick pending: stop inside this access (S2).
+
+        Machine lock held, on the CPU thread. Unicorn will rewind the PC to
+        this instruction; ``execute`` then finishes it with the recorded
+        accesses replayed. AArch64 writes a load's destination register
+        before the stop, so its registers are saved here, where they still
+        hold what the instruction started with.
+        """
+        st = self._st
+        if self._replaying or st.interrupted:
+            return
+        st.interrupted = True
+        if self.arch is Arch.AARCH64:
+            st.context = self.uc.context_save()
+        self.uc.emu_stop()
 
     def take_requests(self) -> int:
         """Return and clear the pending kick reasons (machine lock held)."""
@@ -904,7 +1061,9 @@ class UnicornCPU:
             self._invalid = None
             st = self._st
             st.stop = False
-            st.log.clear()
+            st.recent.clear()
+            st.interrupted = False
+            st.context = None
             st.wide_pending = None
             st.wide_hi_addr = st.wide_skip = -1
             pc = self.pc
@@ -912,6 +1071,8 @@ class UnicornCPU:
                 self._skip_breakpoint = None
             self._resume_pc = None
             self._cpu_thread = threading.get_ident()
+            self._slices += 1
+            self._quiet = None
             self._in_emu = True
         error: unicorn.UcError | None = None
         try:
@@ -924,31 +1085,39 @@ class UnicornCPU:
                 self._callback_error = exc
         with self.lock:
             self._in_emu = False
-            if self._st.log and error is None:
+            st = self._st
+            if st.interrupted and error is None:
                 self._finish_interrupted_instruction()
+            st.interrupted = False
+            st.context = None
             return self._classify_exit(error)
 
     def _finish_interrupted_instruction(self) -> None:
-        """Run the one instruction a stop interrupted, replaying its logged accesses.
+        """Run the one instruction a stop interrupted, replaying its recorded accesses (S2).
 
-        Machine lock held, so no kick can land in this run.
+        Machine lock held, so no other thread's kick can land in this run; a
+        kick from a device it accesses waits for its end (``_replaying``).
         """
         st = self._st
-        st.replay = st.log
-        st.log = []
+        uc = self.uc
+        pc = int(uc.reg_read(self._pc_reg))
+        if st.context is not None:
+            uc.context_restore(st.context)  # its PC is stale: callbacks see the block's
+            uc.reg_write(self._pc_reg, pc)
+        st.replay = list(st.recent)
+        st.replay_started = False
         st.stop = False
-        pc = int(self.uc.reg_read(self._pc_reg))
         length = self._instruction_length(pc)
         self.replays += 1
-        self._in_emu = True
+        self._replaying = self._in_emu = True
         try:
-            self.uc.ctl_remove_cache(pc, pc + length)
-            self.uc.emu_start(pc, pc + length)
+            uc.ctl_remove_cache(pc, pc + length)
+            uc.emu_start(pc, pc + length)
         except unicorn.UcError as exc:
             log.warning("%s: finishing the interrupted instruction at %#x failed: %s",
                         self.name, pc, exc)
         finally:
-            self._in_emu = False
+            self._replaying = self._in_emu = False
             st.replay = []
             st.stop = bool(self._requests)
 
@@ -1322,8 +1491,18 @@ class UnicornCPU:
     # -- teardown -------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop following the address space and drop every mapping (machine lock held)."""
+        """Stop following the address space and drop every mapping (machine lock held).
+
+        Also ends and joins the stopper thread. Call when guest code is not running.
+        """
         with self.lock:
+            stopper, self._stopper = self._stopper, None
+            if stopper is not None:
+                self._stopper_quit = True
+                self._stopper_cv.notify_all()
+                # Waiting releases the machine lock (held any number of times).
+                self._stopper_cv.wait_for(lambda: self._stopper_exited, timeout=5.0)
+                stopper.join(5.0)
             if self._listener is None:
                 return
             self.memory.unregister_listener(self._listener)
@@ -1350,12 +1529,12 @@ class UnicornCPU:
         mapped = {(e.mapping.start, e.mapping.end - 1) for e in self._mapped}
         assert {(b, e) for b, e, _ in self.uc.mem_regions()} == mapped, "Unicorn's map differs"
         assert bool(self._requests) == self._st.stop
-        assert not self._st.replay
+        assert not self._st.replay and not self._st.interrupted and self._st.context is None
 
     def statistics(self) -> dict[str, int]:
-        """Return counters: mappings, remaps, replayed instructions, injected IRQs."""
+        """Return counters: mappings, remaps, replayed instructions, deferred kicks, IRQs."""
         return {"mappings": len(self._mapped), "remaps": self.remaps, "replays": self.replays,
-                "injected_irqs": self.injected_irqs}
+                "deferred_kicks": self.deferred_kicks, "injected_irqs": self.injected_irqs}
 
     def __repr__(self) -> str:
         state = "running" if self._in_emu else "stopped"
