@@ -12,6 +12,7 @@ source.
 
 from __future__ import annotations
 
+import abc
 import os
 from dataclasses import dataclass
 
@@ -97,7 +98,7 @@ def parse_size(value: int | str, *, what: str = "size") -> int:
     return size
 
 
-class Board:
+class Board(abc.ABC):
     """A machine type: a memory map, the devices every machine of it has, boot rules.
 
     Subclasses set the class attributes and implement ``_populate`` and ``boot``.
@@ -111,9 +112,9 @@ class Board:
     slot = SlotSpec(0, 0, 0, 0)
     image_addr = 0
 
+    @abc.abstractmethod
     def memory_map(self, ram_size: int) -> list[MapEntry]:
         """Return the board's memory map for ``ram_size`` bytes of RAM, by address."""
-        raise NotImplementedError
 
     def build(self, *, ram_size: int | None = None, name: str | None = None) -> Machine:
         """Return a new machine of this board, not yet started.
@@ -135,8 +136,9 @@ class Board:
             self._populate(machine, ram_size)
         return machine
 
+    @abc.abstractmethod
     def _populate(self, machine: Machine, ram_size: int) -> None:
-        raise NotImplementedError
+        """Add the board's RAM, ROM and devices to ``machine`` (inside a transaction)."""
 
     def plug_slot(self, machine: Machine, regs: MemoryRegion,
                   window: MemoryRegion | None = None, *, device: object = None) -> IrqLine:
@@ -184,8 +186,9 @@ class Board:
             self._boot_registers(machine, image)
         return image
 
+    @abc.abstractmethod
     def _boot_registers(self, machine: Machine, image: LoadedImage) -> None:
-        raise NotImplementedError
+        """Set the registers the board's boot protocol hands to ``image``."""
 
 
 class VirtBoard(Board):
