@@ -38,7 +38,7 @@ from typing import Any
 
 from memexpose.errors import ConfigError, LinkError, ProtocolError
 from memexpose.qemu.qmpclient import QmpSession
-from memexpose.qemu.qtest import QtestClient, halt_bios_image
+from memexpose.qemu.qtest import QtestClient, halt_bios_image, reap_qemu
 
 __all__ = ["QemuVM", "kvm_usable", "remote_device_pair", "serve_device_argv"]
 
@@ -232,16 +232,9 @@ class QemuVM(QtestClient):
         if self._qtest is not None:
             self._qtest.close()
             self._qtest = None
-        if proc is not None:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        reap_qemu(proc, self._dir)
         self._proc = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        self._dir = None
         self.running = False
 
     def __enter__(self) -> QemuVM:

@@ -43,7 +43,7 @@ from typing import Any
 
 from memexpose.errors import ConfigError, LinkError, ProtocolError
 
-__all__ = ["QtestClient", "halt_bios_image"]
+__all__ = ["QtestClient", "halt_bios_image", "reap_qemu"]
 
 _BIOS_SIZE = 64 * 1024
 
@@ -53,6 +53,22 @@ def halt_bios_image() -> bytes:
     image = bytearray(b"\xf4" * _BIOS_SIZE)  # hlt everywhere
     image[0xFFF0:0xFFF4] = b"\xfa\xf4\xeb\xfd"  # cli; hlt; jmp back to hlt
     return bytes(image)
+
+
+def reap_qemu(proc: subprocess.Popen[bytes] | None, workdir: str | Path | None) -> None:
+    """Wait for a QEMU that was asked to quit (kill it after 5 s), then remove its workdir.
+
+    The shared tail of every stock-QEMU launcher's ``close``: no process and no
+    socket folder outlive it.
+    """
+    if proc is not None:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class QtestClient:
@@ -176,16 +192,9 @@ class QtestClient:
             if sock is not None:
                 sock.close()
         self._qtest = self._qmp = None
-        if proc is not None:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        reap_qemu(proc, self._dir)
         self._proc = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        self._dir = None
         self.running = False
 
     def __enter__(self) -> QtestClient:
