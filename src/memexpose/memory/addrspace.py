@@ -277,12 +277,11 @@ class AddressSpace:
             mr, offset, length, fr = self._translate(addr + pos, total - pos, False, attrs)
             if attrs.memory and not mr.ram:
                 result |= MEMTX_ACCESS_ERROR
-            elif fr is not None and (mr.ram or (mr.rom_device and fr.romd_mode)):
-                if not mr.ram:
+            elif fr is not None and fr.read_view is not None:
+                if not mr.ram:  # romd: QEMU clamps to the region, not the range (M3)
                     length = min(length, mr.size - offset)
-                src = mr.hostmem.view  # type: ignore[union-attr]
                 o = mr.hostmem_offset + offset
-                out[pos:pos + length] = src[o:o + length]
+                out[pos:pos + length] = fr.read_view[o:o + length]
             else:
                 length = _access_size(mr, length, offset)
                 value, res = dispatch_read(mr, offset, length, attrs, big)
