@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from memexpose.link import hotpath
 from tests.link.peer import Machine, default_spec, run_peer, run_raw_peer
 
 CTX = multiprocessing.get_context("forkserver")
@@ -94,12 +95,28 @@ def sockdir() -> Iterator[str]:
     assert not left, f"socket files left behind in {path}: {left}"
 
 
+@pytest.fixture(params=["c", "python"])
+def hot_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test on each implementation of the link's hot path (hotpath.py).
+
+    Set in this process's environment and passed to every peer in its spec
+    (peers come from a fork server, which does not see later changes).
+    """
+    if request.param == "c" and not hotpath.native_available():
+        if os.environ.get("CI"):
+            pytest.fail("the C hot path (memexpose.link._hotpath) was not built")
+        pytest.skip("the C hot path was not built here")
+    monkeypatch.setenv(hotpath.ENV, request.param)
+    return request.param
+
+
 @pytest.fixture
-def peer() -> Iterator[Callable[..., Peer]]:
+def peer(hot_path: str) -> Iterator[Callable[..., Peer]]:
     """``peer(spec, raw=False)`` starts a peer process; all are stopped at teardown."""
     peers: list[Peer] = []
 
     def start(spec: dict[str, Any], *, raw: bool = False) -> Peer:
+        spec = {**spec, "hot_path": hot_path}
         p = Peer(run_raw_peer if raw else run_peer, spec)
         peers.append(p)
         return p
@@ -110,7 +127,7 @@ def peer() -> Iterator[Callable[..., Peer]]:
 
 
 @pytest.fixture
-def local() -> Iterator[Callable[..., Machine]]:
+def local(hot_path: str) -> Iterator[Callable[..., Machine]]:
     """``local(spec)`` builds a machine in the test process; closed at teardown."""
     machines: list[Machine] = []
 

@@ -37,6 +37,7 @@ from memexpose.link import (
     TcpTransport,
     UnixTransport,
     codec,
+    hotpath,
 )
 from memexpose.memory import (
     AccessConstraints,
@@ -359,6 +360,8 @@ def hammer(as_: AddressSpace, n: int, seed: int) -> int:
 def run_peer(conn, spec: dict[str, Any]) -> None:
     """Process entry: build a ``Machine`` and obey commands until "quit"."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.get("hot_path"):
+        os.environ[hotpath.ENV] = spec["hot_path"]
     machine = Machine(spec)
     try:
         while True:
@@ -542,6 +545,8 @@ class RawPeer:
 def run_raw_peer(conn, spec: dict[str, Any]) -> None:
     """Process entry for a ``RawPeer``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.get("hot_path"):
+        os.environ[hotpath.ENV] = spec["hot_path"]
     raw = RawPeer(spec)
     try:
         while True:

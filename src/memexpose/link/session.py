@@ -113,6 +113,7 @@ from memexpose.link.codec import (
     unpack_result_share,
     unpack_write,
 )
+from memexpose.link.hotpath import selected as _selected_hot_path
 from memexpose.link.locking import lock_held
 from memexpose.link.transport import (
     DONTWAIT,
@@ -135,9 +136,12 @@ __all__ = ["PeerInfo", "Session", "establish"]
 log = logging.getLogger("memexpose.link")
 
 _MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
+_U64_MAX = (1 << 64) - 1
 _LOCK_POLL = 0.02  # seconds between checks of "closed" while waiting for the machine lock
 _EPOLLIN = select.EPOLLIN
 _DECODE_ERROR = int(MEMTX_DECODE_ERROR)
+# What the C server loop returns (_hotpath.c, ``SERVE_*``).
+_SERVE_SLOW, _SERVE_LOCKED, _SERVE_BYTES, _SERVE_ANCILLARY, _SERVE_EOF = 1, 2, 3, 4, 5
 _BYE_DISABLED = 0
 _BYE_NAMES = {0: "the peer disabled the link", 1: "the peer shut down",
               2: "the peer saw a protocol error"}
@@ -340,6 +344,12 @@ class Session:
         self._ep.register(mem.fd, _EPOLLIN)
         self._ep_modify = self._ep.modify
         self._armed = True
+        # The C hot path (hotpath.py), or None for the Python one.
+        native = _selected_hot_path()
+        self._native = native
+        self._exchange = mem.exchange if native is not None else None
+        self._hot_request = native.request if native is not None else None
+        self._ep_fd = self._ep.fileno()
         # A blocked receive wakes every quarter timeout to check its deadline.
         self._slice = max(0.01, timeout / 4)
         set_socket_timeouts(mem.sock, self._slice, timeout)
@@ -524,6 +534,25 @@ class Session:
             # Fast path: the outermost wait, nothing buffered or put off. If the
             # one frame the next receive brings is the plain reply, it is all
             # there is to do; anything else goes to ``_wait`` (P10 rule 2).
+            exchange = self._exchange
+            if exchange is not None:
+                # The same in C: disarm, send, receive, match, re-arm.
+                self._armed = False
+                try:
+                    got = exchange(self._hot_request, self._ep_fd, frame, READ_REPLY_LEN,
+                                   self._rr_head, rid, _MASKS[size])
+                except (ProtocolError, LinkError, OSError) as exc:
+                    self._fail(exc)
+                    return 0, MEMTX_ERROR
+                if got.__class__ is tuple:
+                    self._armed = True
+                    self._counters.forwarded_bytes += size
+                    return got  # type: ignore[return-value]
+                reply = self._wait(rid, self._acc_prio, T_READ_REPLY, size, not got)
+                if reply is None:
+                    return 0, MEMTX_ERROR
+                self._counters.forwarded_bytes += size
+                return reply  # type: ignore[return-value]
             if self._armed:
                 self._disarm()
             try:
@@ -559,6 +588,24 @@ class Session:
             reply = self._request(frame, rid, self._acc_prio, T_WRITE_REPLY, size)
         else:
             # Fast path, as in ``request_read``.
+            exchange = self._exchange
+            if exchange is not None:
+                self._armed = False
+                try:
+                    got = exchange(self._hot_request, self._ep_fd, frame, RESULT_SHARE_LEN,
+                                   self._wr_head, rid, 0)
+                except (ProtocolError, LinkError, OSError) as exc:
+                    self._fail(exc)
+                    return MEMTX_ERROR
+                if got.__class__ is tuple:
+                    self._armed = True
+                    self._counters.forwarded_bytes += size
+                    return got[1]  # type: ignore[no-any-return]
+                reply = self._wait(rid, self._acc_prio, T_WRITE_REPLY, size, not got)
+                if reply is None:
+                    return MEMTX_ERROR
+                self._counters.forwarded_bytes += size
+                return reply  # type: ignore[return-value]
             if self._armed:
                 self._disarm()
             try:
@@ -986,24 +1033,57 @@ class Session:
         importer = self._importer
         read_head = self._peer_read_head
         write_head = self._peer_write_head
+        native_serve, serve_args = self._native_serve_call()
         try:
             while not self._closed:
-                try:
-                    events = ep.poll()
-                except InterruptedError:
-                    continue
-                if len(events) != 1 or events[0][0] != memfd:
-                    for fd, _ in events:
-                        if fd == wake:
+                locked = False
+                received = 0  # bytes the C loop left at buf[0] for Python to serve
+                if native_serve is not None:
+                    try:
+                        got = native_serve(*serve_args)
+                    except OSError as exc:
+                        self._fail(exc)
+                        break
+                    if got.__class__ is tuple:
+                        locked = True
+                        received = got[1]
+                        if got[0] == _SERVE_ANCILLARY:
+                            self._received_ancillary(got)
+                            continue
+                    elif got != _SERVE_SLOW:
+                        locked = True
+                        if got == _SERVE_EOF:
                             try:
-                                os.read(wake, 4096)
-                            except OSError:
-                                pass
+                                self._fail(LinkClosedError(f"{self.peer} closed the connection"))
+                            finally:
+                                lock.release()
+                            break
+                    if not locked:
+                        try:
+                            os.read(wake, 4096)
+                        except OSError:
+                            pass
+                else:
+                    try:
+                        events = ep.poll()
+                    except InterruptedError:
+                        continue
+                    if len(events) != 1 or events[0][0] != memfd:
+                        for fd, _ in events:
+                            if fd == wake:
+                                try:
+                                    os.read(wake, 4096)
+                                except OSError:
+                                    pass
                 if self._closed:
+                    if locked:
+                        lock.release()
                     break
-                if not lock.acquire(False) and not self._acquire():
+                if not locked and not lock.acquire(False) and not self._acquire():
                     break
                 try:
+                    if received:
+                        mem.end = received
                     if self._closed:
                         break
                     if importer is not None and importer._zombies:
@@ -1014,9 +1094,14 @@ class Session:
                         frame_bytes, length, ftype, fprio, flags, frid = self._deferred.popleft()
                         self._serve(length, ftype, fprio, flags, frid, frame_bytes, 0)
                     if not self._waits and not self._closed:
-                        if mem.start != mem.end:
+                        if received:
+                            n = received
+                        elif mem.start != mem.end:
+                            n = 0
                             mem.fill(DONTWAIT)
-                        elif (n := mem.fill_empty(DONTWAIT)) and not mem.fd_records:
+                        else:
+                            n = mem.fill_empty(DONTWAIT)
+                        if n and not mem.fd_records:
                             # Fast path: the receive brought exactly one access
                             # request, and a match passed every check of P5.
                             if n == READ_LEN:
@@ -1031,19 +1116,7 @@ class Session:
                                     mem.start = WRITE_LEN
                                     self._serve_write(*wreq)
                                     continue
-                        while not self._closed:
-                            frame = mem.next_frame()
-                            if frame is None:
-                                break
-                            length, ftype, fprio, flags, frid, pos = frame
-                            if ftype in REQUEST_TYPES:
-                                self._check_request(ftype, fprio, pos, length)
-                                self._serve(length, ftype, fprio, flags, frid, mem.buf, pos)
-                            elif ftype in REPLY_TYPES:
-                                raise ProtocolError(f"reply (type {ftype:#04x}) to request "
-                                                    f"{frid}, which nobody is waiting for")
-                            else:
-                                self._other_frame(ftype, mem.buf, pos)
+                        self._serve_buffered()
                 except (ProtocolError, LinkError, OSError) as exc:
                     self._fail(exc)
                 finally:
@@ -1054,6 +1127,58 @@ class Session:
         finally:
             self._finish()
             self._release_os()
+
+    def _native_serve_call(self) -> tuple[Callable[..., object] | None, tuple[object, ...]]:
+        """The C server loop (``_hotpath.serve``) and its arguments, or ``(None, ())``."""
+        native = self._native
+        if native is None:
+            return None, ()
+        mem = self._mem
+        lock = self._lock
+        exporter = self._exporter
+        return native.serve, (
+            self._ep_fd, mem.fd, mem.fd_passing, mem.view, lock.acquire, lock.release,
+            self, mem, self._importer, exporter,
+            exporter.address_space if exporter is not None else None,
+            self._counters,
+            exporter.base if exporter is not None else 0,
+            # A window of all 2**64 bytes: C checks against 2**64 - 1 (the
+            # access that ends exactly at the top goes to Python).
+            min(exporter.size, _U64_MAX) if exporter is not None else 0,
+            exporter.readonly if exporter is not None else True,
+            self._fd_passing, self._peer_read_head, self._peer_write_head,
+            self._peer_rr_head, self._peer_wr_head)
+
+    def _received_ancillary(self, got: tuple[int, int, list[object]]) -> None:
+        """Serve what the C loop received with ancillary data. Lock held; releases it."""
+        try:
+            n = got[1]
+            _n, anc, mflags = got[2]
+            mem = self._mem
+            mem._take_ancillary(anc, mflags, n)  # type: ignore[arg-type]
+            mem.end = n
+            self._serve_buffered()
+        except (ProtocolError, LinkError, OSError) as exc:
+            self._fail(exc)
+        finally:
+            self._lock.release()
+
+    def _serve_buffered(self) -> None:
+        """Serve every whole request buffered on the memory channel. Lock held."""
+        mem = self._mem
+        while not self._closed:
+            frame = mem.next_frame()
+            if frame is None:
+                break
+            length, ftype, fprio, flags, frid, pos = frame
+            if ftype in REQUEST_TYPES:
+                self._check_request(ftype, fprio, pos, length)
+                self._serve(length, ftype, fprio, flags, frid, mem.buf, pos)
+            elif ftype in REPLY_TYPES:
+                raise ProtocolError(f"reply (type {ftype:#04x}) to request "
+                                    f"{frid}, which nobody is waiting for")
+            else:
+                self._other_frame(ftype, mem.buf, pos)
 
     def _finish(self) -> None:
         """Thread exit after the link closed: tear down under the machine lock."""
