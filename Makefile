@@ -11,7 +11,7 @@ STAMP := $(VENV)/.stamp
 venv: $(STAMP)
 
 # Reinstall only when pyproject.toml changes (or the venv is missing).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml src/memexpose/link/_hotpath.c
 	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 found; set PYTHON=..." >&2; exit 1; }
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --disable-pip-version-check -e '.[dev]'

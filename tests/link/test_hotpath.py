@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memexpose.errors import ConfigError
+from memexpose.errors import ConfigError, LinkBusyError
 from memexpose.link import codec, hotpath
 from memexpose.link.codec import encode_message
 from tests.link.test_codec import IDS, PRIOS, _mutate, messages
@@ -115,11 +115,21 @@ def wire() -> Iterator[tuple[socket.socket, socket.socket, select.epoll]]:
     theirs.close()
 
 
-def _request(ours: socket.socket, ep: select.epoll, rid: int, buf: bytearray) -> object:
-    frame = codec.READ_FRAME.pack(codec.READ_LEN, codec.T_READ, 0, 1, rid, 0x40, 4, 0, 0, 0)
-    return native.request(ours.fileno(), ep.fileno(), True, frame, memoryview(buf),
-                          codec.READ_REPLY_LEN, codec.head_word(codec.T_READ_REPLY, 0), rid,
-                          0xFFFF_FFFF)
+class _Chan:
+    """The Channel fields request() keeps (transport.Channel has them all)."""
+
+    def __init__(self) -> None:
+        self.start = self.end = self.base = 0
+        self._reading = False
+
+
+def _request(ours: socket.socket, ep: select.epoll, rid: int, buf: bytearray,
+             chan: _Chan | None = None) -> object:
+    chan = chan or _Chan()
+    return native.request(chan, ours.fileno(), ep.fileno(), True, memoryview(buf),
+                          codec.head_word(codec.T_READ, 0, codec.FLAG_WANT_SHARE), rid, 0x40,
+                          4, None, codec.READ_REPLY_LEN,
+                          codec.head_word(codec.T_READ_REPLY, 0), 0xFFFF_FFFF)
 
 
 def _armed(ep: select.epoll, theirs: socket.socket) -> bool:
@@ -134,9 +144,11 @@ def test_request_returns_the_plain_reply_and_rearms(wire) -> None:
     buf = bytearray(4096)
     head = codec.head_word(codec.T_READ_REPLY, 0)
     theirs.send(codec.READ_REPLY_PLAIN.pack(head, 9, 0, 0xCAFE))
-    assert _request(ours, ep, 9, buf) == (0xCAFE, 0)
-    req = theirs.recv(64)
-    assert codec.match_read(req, 0, codec.head_word(codec.T_READ, 0, 1)) == (9, 1, 0x40, 4, 0)
+    chan = _Chan()
+    chan.start = chan.end = 64  # the last reply, consumed: request() rebases first
+    assert _request(ours, ep, 9, buf, chan) == (0xCAFE, 0)
+    assert (chan.start, chan.end, chan.base) == (0, 0, 128)
+    assert theirs.recv(64) == encode_message(codec.Read(9, 0, 0x40, 4, 0, True))
     assert _armed(ep, theirs)
 
 
@@ -146,9 +158,20 @@ def test_request_leaves_anything_else_to_python_disarmed(wire) -> None:
     buf = bytearray(4096)
     head = codec.head_word(codec.T_READ_REPLY, 0)
     theirs.send(codec.READ_REPLY_PLAIN.pack(head, 8, 0, 1))  # another id
-    assert _request(ours, ep, 9, buf) == codec.READ_REPLY_LEN
+    chan = _Chan()
+    assert _request(ours, ep, 9, buf, chan) == codec.READ_REPLY_LEN
+    assert (chan.start, chan.end) == (0, codec.READ_REPLY_LEN)  # buffered for Python
     assert codec.match_read_reply(buf, 0, head, 8, 4) == (1, 0)
     assert not _armed(ep, theirs)  # the waiter reads on; the server stays out
+
+
+@needs_native
+def test_request_refuses_a_second_reader(wire) -> None:
+    ours, _theirs, ep = wire
+    chan = _Chan()
+    chan._reading = True
+    with pytest.raises(LinkBusyError, match="two threads"):
+        _request(ours, ep, 1, bytearray(4096), chan)
 
 
 @needs_native

@@ -54,11 +54,20 @@ set_word(unsigned char *p, int i, uint64_t w)
     memcpy(p + 8 * i, &w, 8);
 }
 
-/* send() all of buf; errno set and -1 on failure (a timeout is EAGAIN). */
+/*
+ * send() all of buf; -1 with errno set on failure (a timeout is EAGAIN), -2
+ * with a Python exception (a signal handler raised). A small frame nearly
+ * always fits the socket buffer, so the first try keeps the GIL.
+ */
 static int
 send_all(int fd, const unsigned char *buf, Py_ssize_t len)
 {
     Py_ssize_t done = 0;
+    ssize_t first = send(fd, buf, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (first > 0)
+        done = first;
+    else if (first < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        return -1;
     while (done < len) {
         ssize_t n;
         Py_BEGIN_ALLOW_THREADS
@@ -100,41 +109,76 @@ ancillary_list(struct msghdr *msg)
     return list;
 }
 
+/* Room for the fds of one receive (the control buffer of recvmsg). */
+typedef union {
+    struct cmsghdr align;
+    unsigned char space[ANC_SPACE];
+} control_buf;
+
+/* recvmsg() once into buf; no Python API (may run without the GIL). */
+static ssize_t
+recv_core(int fd, unsigned char *buf, Py_ssize_t len, int fd_passing, int flags,
+          struct msghdr *msg, struct iovec *iov, control_buf *control)
+{
+    iov->iov_base = buf;
+    iov->iov_len = (size_t)len;
+    memset(msg, 0, sizeof *msg);
+    msg->msg_iov = iov;
+    msg->msg_iovlen = 1;
+    if (fd_passing) {
+        msg->msg_control = control->space;
+        msg->msg_controllen = sizeof control->space;
+    }
+    return recvmsg(fd, msg, flags | (fd_passing ? MSG_CMSG_CLOEXEC : 0));
+}
+
+static int
+has_ancillary(const struct msghdr *msg)
+{
+    return msg->msg_controllen > 0 || (msg->msg_flags & MSG_CTRUNC);
+}
+
+/* [n, ancillary, flags] for n bytes that came with ancillary data (fds closed on failure). */
+static PyObject *
+ancillary_result(struct msghdr *msg, Py_ssize_t n)
+{
+    PyObject *list = ancillary_list(msg);
+    if (list == NULL) {
+        /* Do not leak fds we cannot hand over. */
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t i = 0; i < count; i++) {
+                    int fd;
+                    memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+                    close(fd);
+                }
+            }
+        }
+        return NULL;
+    }
+    return Py_BuildValue("[nNi]", n, list, msg->msg_flags);
+}
+
 /*
- * Receive once into buf (len bytes) with room for fds. Returns the byte
- * count, 0 for "no data" (EAGAIN: a timeout or MSG_DONTWAIT), -1 with a
- * Python exception set. *anc is set to a new [n, ancillary, flags] list when
- * ancillary data came (or was cut off).
+ * Receive once into buf (len bytes) with room for fds, the GIL held.
+ * Returns the byte count, 0 for "no data" (EAGAIN: a timeout or
+ * MSG_DONTWAIT), -1 with a Python exception set. *anc is set to a new
+ * [n, ancillary, flags] list when ancillary data came (or was cut off).
  */
 static Py_ssize_t
 receive(int fd, unsigned char *buf, Py_ssize_t len, int fd_passing, int flags,
-        int release_gil, PyObject **anc, int *eof)
+        PyObject **anc, int *eof)
 {
-    union {
-        struct cmsghdr align;
-        unsigned char space[ANC_SPACE];
-    } control;
-    struct iovec iov = {buf, (size_t)len};
+    control_buf control;
+    struct iovec iov;
     struct msghdr msg;
     ssize_t n;
 
     *anc = NULL;
     *eof = 0;
     for (;;) {
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        if (fd_passing) {
-            msg.msg_control = control.space;
-            msg.msg_controllen = sizeof control.space;
-        }
-        if (release_gil) {
-            Py_BEGIN_ALLOW_THREADS
-            n = recvmsg(fd, &msg, flags | (fd_passing ? MSG_CMSG_CLOEXEC : 0));
-            Py_END_ALLOW_THREADS
-        } else {
-            n = recvmsg(fd, &msg, flags | (fd_passing ? MSG_CMSG_CLOEXEC : 0));
-        }
+        n = recv_core(fd, buf, len, fd_passing, flags, &msg, &iov, &control);
         if (n >= 0)
             break;
         if (errno == EINTR) {
@@ -151,24 +195,8 @@ receive(int fd, unsigned char *buf, Py_ssize_t len, int fd_passing, int flags,
         *eof = 1;
         return 0;
     }
-    if (fd_passing && (msg.msg_controllen > 0 || (msg.msg_flags & MSG_CTRUNC))) {
-        PyObject *list = ancillary_list(&msg);
-        if (list == NULL) {
-            /* Do not leak fds we cannot hand over. */
-            for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-                    int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-                    int fds[16];
-                    if (count > 16)
-                        count = 16;
-                    memcpy(fds, CMSG_DATA(c), (size_t)count * sizeof(int));
-                    for (int i = 0; i < count; i++)
-                        close(fds[i]);
-                }
-            }
-            return -1;
-        }
-        *anc = Py_BuildValue("[nNi]", (Py_ssize_t)n, list, msg.msg_flags);
+    if (fd_passing && has_ancillary(&msg)) {
+        *anc = ancillary_result(&msg, n);
         if (*anc == NULL)
             return -1;
     }
@@ -243,101 +271,10 @@ epoll_events(int ep_fd, int fd, uint32_t events)
     (void)epoll_ctl(ep_fd, EPOLL_CTL_MOD, fd, &ev);  /* as Session._disarm: errors ignored */
 }
 
-/*
- * request(sock_fd, ep_fd, fd_passing, frame, buf, reply_len, head, rid, value_mask)
- *
- * The requester's fast path (Session.request_read / request_write): with
- * the machine lock held and nothing buffered, disarm the socket in the
- * server's epoll (ep_fd < 0: leave it), send the frame, receive once at
- * buf[0]. Returns
- *   (value, result)   the bytes are exactly the plain reply to rid (checked
- *                     as codec.match_read_reply / match_write_reply; a
- *                     reply_len of a WRITE_REPLY has no value: 0); the
- *                     socket is armed again;
- *   n >= 0            n bytes arrived and are something else (0: the
- *                     receive timed out); the socket stays disarmed;
- *   -1                the peer closed the connection;
- *   [n, anc, flags]   ancillary data came with n bytes (as recvmsg gives it).
- */
-static PyObject *
-hot_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)self;
-    if (nargs != 9 || !configured) {
-        PyErr_SetString(PyExc_TypeError, "request() takes 9 arguments, after configure()");
-        return NULL;
-    }
-    int sock_fd = _PyLong_AsInt(args[0]);
-    int ep_fd = _PyLong_AsInt(args[1]);
-    int fd_passing = PyObject_IsTrue(args[2]);
-    Py_ssize_t reply_len = PyLong_AsSsize_t(args[5]);
-    uint64_t head = PyLong_AsUnsignedLongLong(args[6]);
-    uint64_t rid = PyLong_AsUnsignedLongLong(args[7]);
-    uint64_t value_mask = PyLong_AsUnsignedLongLong(args[8]);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_buffer frame, buf;
-    if (PyObject_GetBuffer(args[3], &frame, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(args[4], &buf, PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&frame);
-        return NULL;
-    }
-    PyObject *ret = NULL;
-    if (buf.len < 64) {
-        PyErr_SetString(PyExc_ValueError, "receive buffer too small");
-        goto out;
-    }
-    if (ep_fd >= 0)
-        epoll_events(ep_fd, sock_fd, 0);
-    int rc = send_all(sock_fd, frame.buf, frame.len);
-    if (rc < 0) {
-        if (rc == -1)
-            PyErr_SetFromErrno(PyExc_OSError);
-        goto out;
-    }
-    PyObject *anc;
-    int eof;
-    Py_ssize_t n = receive(sock_fd, buf.buf, buf.len, fd_passing, 0, 1, &anc, &eof);
-    if (n < 0)
-        goto out;
-    if (eof) {
-        ret = PyLong_FromLong(-1);
-        goto out;
-    }
-    if (anc != NULL) {
-        ret = anc;
-        goto out;
-    }
-    uint64_t value, result;
-    if (n == reply_len && plain_reply(buf.buf, reply_len, head, rid, value_mask, &value, &result)) {
-        if (ep_fd >= 0)
-            epoll_events(ep_fd, sock_fd, EPOLLIN);
-        ret = Py_BuildValue("(KK)", (unsigned long long)value, (unsigned long long)result);
-        goto out;
-    }
-    ret = PyLong_FromSsize_t(n);
-out:
-    PyBuffer_Release(&frame);
-    PyBuffer_Release(&buf);
-    return ret;
-}
-
-
-/* -- the server thread's fast loop ----------------------------------------- */
-
 /* Interned attribute names, made once at import. */
 static PyObject *s_closed, *s_level_due, *s_deferred, *s_zombies, *s_start, *s_end, *s_base,
     *s_hot, *s_hot_view, *s_hot_fd, *s_flatview, *s_read_view, *s_write_view, *s_host_delta,
     *s_served_requests;
-
-enum {
-    SERVE_SLOW = 1,      /* lock not held: run the Python body from the top */
-    SERVE_LOCKED = 2,    /* lock held, nothing received: run the body under the lock */
-    SERVE_BYTES = 3,     /* lock held, (3, n): n bytes at buf[0], no fds */
-    SERVE_ANCILLARY = 4, /* lock held, (4, n, anc, flags) */
-    SERVE_EOF = 5,       /* lock held, the peer closed the connection */
-};
 
 /* Whether obj.name is true; -1 with an exception. */
 static int
@@ -378,6 +315,199 @@ add_to_attr(PyObject *obj, PyObject *name, Py_ssize_t delta)
     Py_DECREF(sum);
     return rc;
 }
+
+/* Channel.fill_empty's rebase: everything buffered was consumed; receive at buf[0]. */
+static int
+rebase(PyObject *mem, uint64_t end)
+{
+    PyObject *zero = PyLong_FromLong(0);
+    int rc = zero == NULL || add_to_attr(mem, s_base, (Py_ssize_t)end) < 0
+             || PyObject_SetAttr(mem, s_start, zero) < 0 || PyObject_SetAttr(mem, s_end, zero) < 0;
+    Py_XDECREF(zero);
+    return rc ? -1 : 0;
+}
+
+/*
+ * request(mem, sock_fd, ep_fd, fd_passing, buf, w0, rid, addr, w3, w4,
+ *         reply_len, reply_head, value_mask)
+ *
+ * The requester's fast path (Session.request_read / request_write), with
+ * the machine lock held and nothing buffered on the channel ``mem`` (a
+ * transport.Channel; buf is its buffer, sock_fd its socket). Sends the
+ * READ (w4 None: words w0, rid, addr, w3) or WRITE (w0, rid, addr, w3 =
+ * value, w4) frame, after disarming the socket in the server's epoll
+ * (ep_fd < 0: leave it), and receives once at buf[0]. Returns
+ *   (value, result)   exactly the plain reply to rid came (checked as
+ *                     codec.match_read_reply / match_write_reply; a
+ *                     WRITE_REPLY has no value: 0). It is consumed and the
+ *                     socket is armed again;
+ *   n >= 0            n other bytes are buffered (mem.end = n; 0: the
+ *                     receive timed out); the socket stays disarmed;
+ *   -1                the peer closed the connection;
+ *   [n, anc, flags]   ancillary data came with n bytes (as recvmsg gives
+ *                     it): the caller records the fds, then buffers n.
+ * The channel's reader guard (mem._reading) is held throughout.
+ */
+static PyObject *s_reading;
+static PyObject *busy_error;
+
+static PyObject *
+hot_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 13 || !configured) {
+        PyErr_SetString(PyExc_TypeError, "request() takes 13 arguments, after configure()");
+        return NULL;
+    }
+    PyObject *mem = args[0];
+    int sock_fd = _PyLong_AsInt(args[1]);
+    int ep_fd = _PyLong_AsInt(args[2]);
+    int fd_passing = PyObject_IsTrue(args[3]);
+    unsigned char frame[40];
+    Py_ssize_t frame_len = args[9] == Py_None ? READ_LEN : WRITE_LEN;
+    set_word(frame, 0, PyLong_AsUnsignedLongLong(args[5]));
+    set_word(frame, 1, PyLong_AsUnsignedLongLong(args[6]));
+    set_word(frame, 2, PyLong_AsUnsignedLongLong(args[7]));
+    set_word(frame, 3, PyLong_AsUnsignedLongLong(args[8]));
+    if (args[9] != Py_None)
+        set_word(frame, 4, PyLong_AsUnsignedLongLong(args[9]));
+    Py_ssize_t reply_len = PyLong_AsSsize_t(args[10]);
+    uint64_t head = PyLong_AsUnsignedLongLong(args[11]);
+    uint64_t rid = word(frame, 1);
+    uint64_t value_mask = PyLong_AsUnsignedLongLong(args[12]);
+    if (PyErr_Occurred())
+        return NULL;
+    int reading = attr_true(mem, s_reading);
+    if (reading != 0) {
+        if (reading > 0)
+            PyErr_SetString(busy_error, "two threads read the link socket at once; hold the "
+                            "machine lock around link calls");
+        return NULL;
+    }
+    uint64_t start, end;
+    if (attr_u64(mem, s_start, &start) < 0 || attr_u64(mem, s_end, &end) < 0)
+        return NULL;
+    if (start != end) {
+        PyErr_SetString(PyExc_AssertionError, "request() with bytes buffered");
+        return NULL;
+    }
+    if (end && rebase(mem, end) < 0)
+        return NULL;
+    Py_buffer buf;
+    if (PyObject_GetBuffer(args[4], &buf, PyBUF_WRITABLE) < 0)
+        return NULL;
+    PyObject *ret = NULL;
+    if (buf.len < 64) {
+        PyErr_SetString(PyExc_ValueError, "receive buffer too small");
+        goto out;
+    }
+    if (PyObject_SetAttr(mem, s_reading, Py_True) < 0)
+        goto out;
+    /*
+     * Disarm, send, receive and (on the expected reply) re-arm in one
+     * stretch without the GIL; a signal (EINTR) resumes where it stopped.
+     */
+    control_buf control;
+    struct iovec iov;
+    struct msghdr msg;
+    enum { DISARM, SEND, RECEIVE, RECEIVED } phase = ep_fd >= 0 ? DISARM : SEND;
+    Py_ssize_t sent = 0;
+    ssize_t n = 0;
+    int err = 0, matched = 0;
+    uint64_t value = 0, result = 0;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        if (phase == DISARM) {
+            epoll_events(ep_fd, sock_fd, 0);
+            phase = SEND;
+        }
+        while (phase == SEND) {
+            ssize_t k = send(sock_fd, frame + sent, (size_t)(frame_len - sent), MSG_NOSIGNAL);
+            if (k < 0) {
+                err = errno;
+                break;
+            }
+            sent += k;
+            if (sent == frame_len)
+                phase = RECEIVE;
+        }
+        if (phase == RECEIVE) {
+            n = recv_core(sock_fd, buf.buf, buf.len, fd_passing, 0, &msg, &iov, &control);
+            if (n < 0) {
+                err = errno;
+            } else {
+                phase = RECEIVED;
+                matched = n == reply_len && !(fd_passing && has_ancillary(&msg))
+                          && plain_reply(buf.buf, reply_len, head, rid, value_mask, &value,
+                                         &result);
+                if (matched && ep_fd >= 0)
+                    epoll_events(ep_fd, sock_fd, EPOLLIN);
+            }
+        }
+        Py_END_ALLOW_THREADS
+        if (phase == RECEIVED)
+            break;
+        if (err == EINTR) {
+            if (PyErr_CheckSignals() < 0)
+                goto unguard;
+            err = 0;
+            continue;
+        }
+        if (phase == RECEIVE && (err == EAGAIN || err == EWOULDBLOCK)) {
+            n = 0;  /* the receive timed out (SO_RCVTIMEO): the caller's wait goes on */
+            break;
+        }
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto unguard;
+    }
+    if (phase == RECEIVED && n == 0) {
+        ret = PyLong_FromLong(-1);
+        goto unguard;
+    }
+    if (matched) {
+        /* consumed whole: the buffer stays empty, the stream moved on */
+        if (add_to_attr(mem, s_base, n) < 0)
+            goto unguard;
+        ret = Py_BuildValue("(KK)", (unsigned long long)value, (unsigned long long)result);
+        goto unguard;
+    }
+    if (n > 0 && fd_passing && has_ancillary(&msg)) {
+        ret = ancillary_result(&msg, n);
+        goto unguard;
+    }
+    PyObject *count = PyLong_FromSsize_t(n);
+    if (count != NULL && PyObject_SetAttr(mem, s_end, count) < 0)
+        Py_CLEAR(count);
+    ret = count;
+unguard:
+    {
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        if (PyObject_SetAttr(mem, s_reading, Py_False) < 0) {
+            Py_CLEAR(ret);
+            Py_XDECREF(exc_type);
+            Py_XDECREF(exc_value);
+            Py_XDECREF(exc_tb);
+        } else {
+            PyErr_Restore(exc_type, exc_value, exc_tb);
+        }
+    }
+out:
+    PyBuffer_Release(&buf);
+    return ret;
+}
+
+/* -- the server thread's fast loop ----------------------------------------- */
+
+
+enum {
+    SERVE_SLOW = 1,      /* lock not held: run the Python body from the top */
+    SERVE_LOCKED = 2,    /* lock held, nothing received: run the body under the lock */
+    SERVE_BYTES = 3,     /* lock held, (3, n): n bytes at buf[0], no fds */
+    SERVE_ANCILLARY = 4, /* lock held, (4, n, anc, flags) */
+    SERVE_EOF = 5,       /* lock held, the peer closed the connection */
+};
 
 typedef struct {
     PyObject *session, *mem, *importer, *exporter, *address_space, *counters;
@@ -521,16 +651,8 @@ quiet(serve_ctx *c)
         return -1;
     if (start != end)
         return 0;  /* part of a frame is buffered: Python appends to it */
-    if (end) {
-        /* Everything buffered was consumed: receive at buf[0] (as Channel.fill_empty). */
-        PyObject *zero = PyLong_FromLong(0);
-        int rc = zero == NULL || add_to_attr(c->mem, s_base, (Py_ssize_t)end) < 0
-                 || PyObject_SetAttr(c->mem, s_start, zero) < 0
-                 || PyObject_SetAttr(c->mem, s_end, zero) < 0;
-        Py_XDECREF(zero);
-        if (rc)
-            return -1;
-    }
+    if (end && rebase(c->mem, end) < 0)
+        return -1;
     return 1;
 }
 
@@ -628,8 +750,7 @@ hot_serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         PyObject *anc;
         int eof;
-        Py_ssize_t n = receive(sock_fd, buf.buf, buf.len, fd_passing, MSG_DONTWAIT, 0, &anc,
-                               &eof);
+        Py_ssize_t n = receive(sock_fd, buf.buf, buf.len, fd_passing, MSG_DONTWAIT, &anc, &eof);
         if (n < 0)
             goto unlock_on_error;
         if (eof) {
@@ -676,14 +797,18 @@ done:
     return ret;
 }
 
-/* configure(read_len, write_len, read_reply_len, write_reply_len, want_share_bit, tail_bad) */
+/*
+ * configure(read_len, write_len, read_reply_len, write_reply_len, want_share_bit, tail_bad,
+ *           busy_error)
+ */
 static PyObject *
 hot_configure(PyObject *self, PyObject *args)
 {
     (void)self;
     Py_ssize_t r, w, rr, wr;
     unsigned long long want, bad;
-    if (!PyArg_ParseTuple(args, "nnnnKK", &r, &w, &rr, &wr, &want, &bad))
+    PyObject *busy;
+    if (!PyArg_ParseTuple(args, "nnnnKKO", &r, &w, &rr, &wr, &want, &bad, &busy))
         return NULL;
     if (r != 32 || w != 40 || rr != 64 || wr != 56) {
         /* The word layouts below (match and pack) are written for these sizes. */
@@ -697,6 +822,9 @@ hot_configure(PyObject *self, PyObject *args)
     WRITE_REPLY_LEN = wr;
     WANT_SHARE_BIT = want;
     ACCESS_TAIL_BAD = bad;
+    Py_XDECREF(busy_error);
+    Py_INCREF(busy);
+    busy_error = busy;
     configured = 1;
     Py_RETURN_NONE;
 }
@@ -757,13 +885,15 @@ hot_match_access(PyObject *self, PyObject *args)
 static PyMethodDef hotpath_methods[] = {
     {"configure", hot_configure, METH_VARARGS,
      "configure(read_len, write_len, read_reply_len, write_reply_len, want_share_bit, "
-     "tail_bad)\nSet the wire constants (from codec.py) before any other call."},
+     "tail_bad, busy_error)\nSet the wire constants (from codec.py) and the error for two "
+     "readers, before any other call."},
     {"match_reply", hot_match_reply, METH_VARARGS,
      "match_reply(frame, head, rid, value_mask): the request() matcher, for tests."},
     {"match_access", hot_match_access, METH_VARARGS,
      "match_access(frame, read_head, write_head): the serve() matcher, for tests."},
     {"request", (PyCFunction)(void (*)(void))hot_request, METH_FASTCALL,
-     "request(sock_fd, ep_fd, fd_passing, frame, buf, reply_len, head, rid, value_mask)\n"
+     "request(mem, sock_fd, ep_fd, fd_passing, buf, w0, rid, addr, w3, w4, reply_len,\n"
+     "        reply_head, value_mask)\n"
      "The requester's fast path: send one request and receive its plain reply."},
     {"serve", (PyCFunction)(void (*)(void))hot_serve, METH_FASTCALL,
      "serve(ep_fd, sock_fd, fd_passing, buf, acquire, release, session, mem, importer,\n"
@@ -806,6 +936,7 @@ PyInit__hotpath(void)
     INTERN(s_write_view, "write_view");
     INTERN(s_host_delta, "host_delta");
     INTERN(s_served_requests, "served_requests");
+    INTERN(s_reading, "_reading");
     PyObject *m = PyModule_Create(&hotpath_module);
     if (m == NULL)
         return NULL;

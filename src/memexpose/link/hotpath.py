@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from memexpose.errors import ConfigError
+from memexpose.errors import ConfigError, LinkBusyError
 from memexpose.link import codec
 
 try:
@@ -24,7 +24,8 @@ except ImportError:  # built without a C compiler: the Python path serves
     _native = None
 else:
     _native.configure(codec.READ_LEN, codec.WRITE_LEN, codec.READ_REPLY_LEN,
-                      codec.RESULT_SHARE_LEN, codec._WANT_SHARE_BIT, codec._ACCESS_TAIL_BAD)
+                      codec.RESULT_SHARE_LEN, codec._WANT_SHARE_BIT, codec._ACCESS_TAIL_BAD,
+                      LinkBusyError)
 
 __all__ = ["ENV", "native_available", "selected"]
 

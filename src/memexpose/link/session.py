@@ -347,8 +347,10 @@ class Session:
         # The C hot path (hotpath.py), or None for the Python one.
         native = _selected_hot_path()
         self._native = native
-        self._exchange = mem.exchange if native is not None else None
         self._hot_request = native.request if native is not None else None
+        # First header words of our READ and WRITE (flags go in bits 48..63).
+        self._read_w0 = head_word(T_READ, self._acc_prio)
+        self._write_w0 = head_word(T_WRITE, self._acc_prio)
         self._ep_fd = self._ep.fileno()
         # A blocked receive wakes every quarter timeout to check its deadline.
         self._slice = max(0.01, timeout / 4)
@@ -520,111 +522,116 @@ class Session:
 
     def request_read(self, addr: int, size: int, attrs: int, flags: int) -> tuple[int, int]:
         """Forward a READ; return ``(value, result)``; ``MEMTX_ERROR`` if the link fails."""
-        self._counters.forwarded_reads += 1
+        counters = self._counters
+        counters.forwarded_reads += 1
         if self._closed:
             return 0, MEMTX_ERROR
         rid = self._next_id
         self._next_id = rid + 1
-        frame = READ_FRAME.pack(READ_LEN, T_READ, self._acc_prio, flags, rid, addr, size, 0, 0,
-                                attrs)
         mem = self._mem
         if self._waits or self._deferred or self._draining or mem.start != mem.end:
-            reply = self._request(frame, rid, self._acc_prio, T_READ_REPLY, size)
+            reply = self._request(READ_FRAME.pack(READ_LEN, T_READ, self._acc_prio, flags, rid,
+                                                  addr, size, 0, 0, attrs),
+                                  rid, self._acc_prio, T_READ_REPLY, size)
         else:
             # Fast path: the outermost wait, nothing buffered or put off. If the
             # one frame the next receive brings is the plain reply, it is all
             # there is to do; anything else goes to ``_wait`` (P10 rule 2).
-            exchange = self._exchange
-            if exchange is not None:
-                # The same in C: disarm, send, receive, match, re-arm.
+            hot = self._hot_request
+            if hot is not None:
+                # In C: disarm, send, receive, match, re-arm (hotpath.py).
                 self._armed = False
                 try:
-                    got = exchange(self._hot_request, self._ep_fd, frame, READ_REPLY_LEN,
-                                   self._rr_head, rid, _MASKS[size])
+                    got = hot(mem, self._memfd, self._ep_fd, mem.fd_passing, mem.view,
+                              self._read_w0 | flags << 48, rid, addr, size | attrs << 32, None,
+                              READ_REPLY_LEN, self._rr_head, _MASKS[size])
+                    if got.__class__ is not tuple:
+                        got = mem.received_natively(got)
                 except (ProtocolError, LinkError, OSError) as exc:
                     self._fail(exc)
                     return 0, MEMTX_ERROR
                 if got.__class__ is tuple:
                     self._armed = True
-                    self._counters.forwarded_bytes += size
+                    counters.forwarded_bytes += size
                     return got  # type: ignore[return-value]
-                reply = self._wait(rid, self._acc_prio, T_READ_REPLY, size, not got)
-                if reply is None:
+                n = got
+            else:
+                if self._armed:
+                    self._disarm()
+                try:
+                    self._send(READ_FRAME.pack(READ_LEN, T_READ, self._acc_prio, flags, rid, addr,
+                                               size, 0, 0, attrs))
+                    n = mem.fill_empty()
+                except (ProtocolError, LinkError, OSError) as exc:
+                    self._fail(exc)
                     return 0, MEMTX_ERROR
-                self._counters.forwarded_bytes += size
-                return reply  # type: ignore[return-value]
-            if self._armed:
-                self._disarm()
-            try:
-                self._send(frame)
-                n = mem.fill_empty()
-            except (ProtocolError, LinkError, OSError) as exc:
-                self._fail(exc)
-                return 0, MEMTX_ERROR
-            if n == READ_REPLY_LEN and not mem.fd_records:
-                reply = match_read_reply(mem.buf, 0, self._rr_head, rid, size)
-                if reply is not None:
-                    mem.start = READ_REPLY_LEN
-                    self._arm()
-                    self._counters.forwarded_bytes += size
-                    return reply
+                if n == READ_REPLY_LEN and not mem.fd_records:
+                    reply = match_read_reply(mem.buf, 0, self._rr_head, rid, size)
+                    if reply is not None:
+                        mem.start = READ_REPLY_LEN
+                        self._arm()
+                        counters.forwarded_bytes += size
+                        return reply
             reply = self._wait(rid, self._acc_prio, T_READ_REPLY, size, not n)
         if reply is None:
             return 0, MEMTX_ERROR
-        self._counters.forwarded_bytes += size
+        counters.forwarded_bytes += size
         return reply  # type: ignore[return-value]
 
     def request_write(self, addr: int, value: int, size: int, attrs: int, flags: int) -> int:
         """Forward a WRITE; return the result; ``MEMTX_ERROR`` if the link fails."""
-        self._counters.forwarded_writes += 1
+        counters = self._counters
+        counters.forwarded_writes += 1
         if self._closed:
             return MEMTX_ERROR
         rid = self._next_id
         self._next_id = rid + 1
-        frame = WRITE_FRAME.pack(WRITE_LEN, T_WRITE, self._acc_prio, flags, rid, addr,
-                                 value & _MASKS[size], size, 0, 0, attrs)
+        value &= _MASKS[size]
         mem = self._mem
         if self._waits or self._deferred or self._draining or mem.start != mem.end:
-            reply = self._request(frame, rid, self._acc_prio, T_WRITE_REPLY, size)
+            reply = self._request(WRITE_FRAME.pack(WRITE_LEN, T_WRITE, self._acc_prio, flags,
+                                                   rid, addr, value, size, 0, 0, attrs),
+                                  rid, self._acc_prio, T_WRITE_REPLY, size)
         else:
             # Fast path, as in ``request_read``.
-            exchange = self._exchange
-            if exchange is not None:
+            hot = self._hot_request
+            if hot is not None:
                 self._armed = False
                 try:
-                    got = exchange(self._hot_request, self._ep_fd, frame, RESULT_SHARE_LEN,
-                                   self._wr_head, rid, 0)
+                    got = hot(mem, self._memfd, self._ep_fd, mem.fd_passing, mem.view,
+                              self._write_w0 | flags << 48, rid, addr, value,
+                              size | attrs << 32, RESULT_SHARE_LEN, self._wr_head, 0)
+                    if got.__class__ is not tuple:
+                        got = mem.received_natively(got)
                 except (ProtocolError, LinkError, OSError) as exc:
                     self._fail(exc)
                     return MEMTX_ERROR
                 if got.__class__ is tuple:
                     self._armed = True
-                    self._counters.forwarded_bytes += size
+                    counters.forwarded_bytes += size
                     return got[1]  # type: ignore[no-any-return]
-                reply = self._wait(rid, self._acc_prio, T_WRITE_REPLY, size, not got)
-                if reply is None:
+                n = got
+            else:
+                if self._armed:
+                    self._disarm()
+                try:
+                    self._send(WRITE_FRAME.pack(WRITE_LEN, T_WRITE, self._acc_prio, flags, rid,
+                                                addr, value, size, 0, 0, attrs))
+                    n = mem.fill_empty()
+                except (ProtocolError, LinkError, OSError) as exc:
+                    self._fail(exc)
                     return MEMTX_ERROR
-                self._counters.forwarded_bytes += size
-                return reply  # type: ignore[return-value]
-            if self._armed:
-                self._disarm()
-            try:
-                self._send(frame)
-                n = mem.fill_empty()
-            except (ProtocolError, LinkError, OSError) as exc:
-                self._fail(exc)
-                return MEMTX_ERROR
-            if n == RESULT_SHARE_LEN and not mem.fd_records:
-                reply = match_write_reply(mem.buf, 0, self._wr_head, rid)
-                if reply is not None:
-                    mem.start = RESULT_SHARE_LEN
-                    self._arm()
-                    self._counters.forwarded_bytes += size
-                    return reply
+                if n == RESULT_SHARE_LEN and not mem.fd_records:
+                    reply = match_write_reply(mem.buf, 0, self._wr_head, rid)
+                    if reply is not None:
+                        mem.start = RESULT_SHARE_LEN
+                        self._arm()
+                        counters.forwarded_bytes += size
+                        return reply
             reply = self._wait(rid, self._acc_prio, T_WRITE_REPLY, size, not n)
         if reply is None:
             return MEMTX_ERROR
-        self._counters.forwarded_bytes += size
+        counters.forwarded_bytes += size
         return reply  # type: ignore[return-value]
 
     def _request(self, frame: bytes, rid: int, prio: int, rtype: int,

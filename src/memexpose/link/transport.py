@@ -29,7 +29,6 @@ import struct
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any
 
 from memexpose.errors import ConfigError, LinkBusyError, LinkClosedError, LinkError, ProtocolError
@@ -316,44 +315,25 @@ class Channel:
         finally:
             self._reading = False
 
-    def exchange(self, hot: Callable[..., Any], ep_fd: int, frame: bytes, reply_len: int,
-                 head: int, rid: int, value_mask: int) -> tuple[int, int] | int:
-        """Send ``frame`` and receive once, in C (``_hotpath.request``); buffer empty.
+    def received_natively(self, got: int | list[Any]) -> int:
+        """Account for a receive made by ``_hotpath.request``; return the bytes buffered.
 
-        The native form of ``sendall`` + ``fill_empty`` on the requester's
-        fast path. ``ep_fd``: the server's epoll, where the socket is
-        disarmed for the wait (and armed again only on a match). Returns
-        ``(value, result)`` when exactly the plain reply to ``rid`` came (it
-        is consumed), else the byte count now buffered at ``buf[0]`` (0: the
-        receive timed out). Raises as ``fill`` does, and ``OSError`` for
-        the send.
+        ``got`` is what it returned other than a matched reply: a byte count
+        (already buffered; 0: the receive timed out), -1 for EOF, or
+        ``[n, ancillary, flags]`` when fds came (recorded here).
+
+        Raises:
+            LinkClosedError: the peer closed the connection.
+            ProtocolError: ancillary data that is not a clean list of fds.
         """
-        if self._reading:
-            raise LinkBusyError(f"two threads read the link socket to {self.peer} at once; "
-                                "hold the machine lock around link calls")
-        self._reading = True
-        try:
-            end = self.end
-            if end:
-                assert self.start == end, "exchange with bytes buffered"
-                self.base += end
-                self.start = self.end = 0
-            got = hot(self.fd, ep_fd, self.fd_passing, frame, self.view, reply_len, head, rid,
-                      value_mask)
-            if got.__class__ is tuple:
-                self.start = self.end = reply_len
-                return got  # type: ignore[no-any-return]
-            if got.__class__ is list:
-                n, anc, mflags = got
-                self._take_ancillary(anc, mflags, n)
-            else:
-                n = got
-                if n < 0:
-                    raise LinkClosedError(f"{self.peer} closed the connection")
+        if got.__class__ is list:
+            n, anc, mflags = got  # type: ignore[misc]
+            self._take_ancillary(anc, mflags, n)
             self.end = n
             return n  # type: ignore[no-any-return]
-        finally:
-            self._reading = False
+        if got < 0:  # type: ignore[operator]
+            raise LinkClosedError(f"{self.peer} closed the connection")
+        return got  # type: ignore[return-value]
 
     def _take_ancillary(self, anc: list[tuple[int, int, bytes]], mflags: int, n: int) -> None:
         fds: list[int] = []
