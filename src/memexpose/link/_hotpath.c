@@ -272,7 +272,7 @@ epoll_events(int ep_fd, int fd, uint32_t events)
 }
 
 /* Interned attribute names, made once at import. */
-static PyObject *s_closed, *s_level_due, *s_deferred, *s_zombies, *s_start, *s_end, *s_base,
+static PyObject *s_closed, *s_start, *s_end, *s_base,
     *s_hot, *s_hot_view, *s_hot_fd, *s_flatview, *s_read_view, *s_write_view, *s_host_delta,
     *s_served_requests;
 
@@ -510,7 +510,7 @@ enum {
 };
 
 typedef struct {
-    PyObject *session, *mem, *importer, *exporter, *address_space, *counters;
+    PyObject *session, *mem, *exporter, *address_space, *counters;
     uint64_t exp_base, exp_size;
     int exp_readonly, fd_passing_negotiated;
     uint64_t read_head, write_head, rr_head, wr_head;
@@ -633,18 +633,18 @@ out:
     return result;
 }
 
-/* Whether the session has nothing for the server thread but the socket. */
+/*
+ * Whether the session has nothing for the server thread but the socket.
+ * Deferred requests, a queue level to report and unmapped windows to reap
+ * all come with a kick (Session.kick): the wake pipe's event sends the
+ * loop back to Python, so only two things are checked here: that the link
+ * is open (teardown closes the socket) and that the buffer is empty.
+ */
 static int
 quiet(serve_ctx *c)
 {
     int t;
     if ((t = attr_true(c->session, s_closed)) != 0)
-        return t < 0 ? -1 : 0;
-    if ((t = attr_true(c->session, s_level_due)) != 0)
-        return t < 0 ? -1 : 0;
-    if ((t = attr_true(c->session, s_deferred)) != 0)
-        return t < 0 ? -1 : 0;
-    if (c->importer != Py_None && (t = attr_true(c->importer, s_zombies)) != 0)
         return t < 0 ? -1 : 0;
     uint64_t start, end;
     if (attr_u64(c->mem, s_start, &start) < 0 || attr_u64(c->mem, s_end, &end) < 0)
@@ -664,7 +664,7 @@ call_release(PyObject *release)
 
 /*
  * serve(ep_fd, sock_fd, fd_passing, buf, acquire, release, session, mem,
- *       importer, exporter, address_space, counters, exp_base, exp_size,
+ *       exporter, address_space, counters, exp_base, exp_size,
  *       exp_readonly, fd_passing_negotiated, read_head, write_head,
  *       rr_head, wr_head)
  *
@@ -678,8 +678,8 @@ static PyObject *
 hot_serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 20 || !configured) {
-        PyErr_SetString(PyExc_TypeError, "serve() takes 20 arguments, after configure()");
+    if (nargs != 19 || !configured) {
+        PyErr_SetString(PyExc_TypeError, "serve() takes 19 arguments, after configure()");
         return NULL;
     }
     int ep_fd = _PyLong_AsInt(args[0]);
@@ -689,18 +689,17 @@ hot_serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     serve_ctx c;
     c.session = args[6];
     c.mem = args[7];
-    c.importer = args[8];
-    c.exporter = args[9];
-    c.address_space = args[10];
-    c.counters = args[11];
-    c.exp_base = PyLong_AsUnsignedLongLong(args[12]);
-    c.exp_size = PyLong_AsUnsignedLongLong(args[13]);
-    c.exp_readonly = PyObject_IsTrue(args[14]);
-    c.fd_passing_negotiated = PyObject_IsTrue(args[15]);
-    c.read_head = PyLong_AsUnsignedLongLong(args[16]);
-    c.write_head = PyLong_AsUnsignedLongLong(args[17]);
-    c.rr_head = PyLong_AsUnsignedLongLong(args[18]);
-    c.wr_head = PyLong_AsUnsignedLongLong(args[19]);
+    c.exporter = args[8];
+    c.address_space = args[9];
+    c.counters = args[10];
+    c.exp_base = PyLong_AsUnsignedLongLong(args[11]);
+    c.exp_size = PyLong_AsUnsignedLongLong(args[12]);
+    c.exp_readonly = PyObject_IsTrue(args[13]);
+    c.fd_passing_negotiated = PyObject_IsTrue(args[14]);
+    c.read_head = PyLong_AsUnsignedLongLong(args[15]);
+    c.write_head = PyLong_AsUnsignedLongLong(args[16]);
+    c.rr_head = PyLong_AsUnsignedLongLong(args[17]);
+    c.wr_head = PyLong_AsUnsignedLongLong(args[18]);
     if (PyErr_Occurred())
         return NULL;
     Py_buffer buf;
@@ -896,8 +895,8 @@ static PyMethodDef hotpath_methods[] = {
      "        reply_head, value_mask)\n"
      "The requester's fast path: send one request and receive its plain reply."},
     {"serve", (PyCFunction)(void (*)(void))hot_serve, METH_FASTCALL,
-     "serve(ep_fd, sock_fd, fd_passing, buf, acquire, release, session, mem, importer,\n"
-     "      exporter, address_space, counters, exp_base, exp_size, exp_readonly,\n"
+     "serve(ep_fd, sock_fd, fd_passing, buf, acquire, release, session, mem, exporter,\n"
+     "      address_space, counters, exp_base, exp_size, exp_readonly,\n"
      "      fd_passing_negotiated, read_head, write_head, rr_head, wr_head)\n"
      "The server thread's fast loop; returns SERVE_* when Python must act."},
     {NULL, NULL, 0, NULL},
@@ -922,9 +921,6 @@ PyMODINIT_FUNC
 PyInit__hotpath(void)
 {
     INTERN(s_closed, "_closed");
-    INTERN(s_level_due, "_level_due");
-    INTERN(s_deferred, "_deferred");
-    INTERN(s_zombies, "_zombies");
     INTERN(s_start, "start");
     INTERN(s_end, "end");
     INTERN(s_base, "base");

@@ -1145,7 +1145,7 @@ class Session:
         exporter = self._exporter
         return native.serve, (
             self._ep_fd, mem.fd, mem.fd_passing, mem.view, lock.acquire, lock.release,
-            self, mem, self._importer, exporter,
+            self, mem, exporter,
             exporter.address_space if exporter is not None else None,
             self._counters,
             exporter.base if exporter is not None else 0,
