@@ -226,7 +226,10 @@ def bench_link_rtt() -> dict[str, Any]:
         value = statistics.median(link)
         baseline = statistics.median(bare)
         stats = pair.ep.statistics()
+        session = pair.ep.importer._session if pair.ep.importer is not None else None
+        hot_path = "c" if session is not None and session._native is not None else "python"
     details: dict[str, Any] = {
+        "hot_path": hot_path,
         "placement": f"both processes on CPU {cpus[0]}",
         "rounds": 15,
         "reads_per_round": 1000,
