@@ -588,8 +588,11 @@ serve_hot(serve_ctx *c, int sock_fd, const unsigned char *p, Py_ssize_t n)
     }
     {
         Py_buffer hb;
-        if (PyObject_GetBuffer(host, &hb, is_write ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
-            goto fail;
+        if (PyObject_GetBuffer(host, &hb, is_write ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) {
+            /* e.g. a released view: the Python path answers (MEMTX_ERROR) and logs */
+            PyErr_Clear();
+            goto out;
+        }
         uint64_t o = a + delta;
         if (o > (uint64_t)hb.len || size > (uint64_t)hb.len - o) {
             PyBuffer_Release(&hb);
