@@ -511,6 +511,15 @@ enum {
 
 typedef struct {
     PyObject *session, *mem, *exporter, *address_space, *counters;
+    /*
+     * The exporter's hot flat range as last seen, with its constants: a
+     * strong reference, so that its identity cannot be reused, held no
+     * longer than exporter._hot holds it plus one access (HostMemory.close
+     * copes with views still exported, as it must for exporter._hot).
+     */
+    PyObject *fr;
+    uint64_t fr_start, fr_end, fr_delta;
+    int fr_fd;
     uint64_t exp_base, exp_size;
     int exp_readonly, fd_passing_negotiated;
     uint64_t read_head, write_head, rr_head, wr_head;
@@ -554,38 +563,48 @@ serve_hot(serve_ctx *c, int sock_fd, const unsigned char *p, Py_ssize_t n)
         goto fail;
     if (view != hot_view)
         goto out;  /* the map changed since: Python looks the range up again */
-    if (attr_u64(fr, s_start, &start) < 0)
-        goto fail;
-    if (attr_u64(fr, s_end, &end) < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+    if (fr != c->fr) {
+        /* another range: read its constants once */
+        uint64_t d;
+        if (attr_u64(fr, s_start, &start) < 0)
             goto fail;
-        PyErr_Clear();  /* the range ends at 2**64: a + size <= 2**64 - 1 is inside */
-        end = UINT64_MAX;
+        if (attr_u64(fr, s_end, &end) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                goto fail;
+            PyErr_Clear();  /* the range ends at 2**64 */
+            end = UINT64_MAX;
+        }
+        PyObject *dobj = PyObject_GetAttr(fr, s_host_delta);
+        if (dobj == NULL)
+            goto fail;
+        long long sdelta = PyLong_AsLongLong(dobj);
+        Py_DECREF(dobj);
+        if (sdelta == -1 && PyErr_Occurred())
+            goto fail;
+        d = (uint64_t)sdelta;
+        int hot_fd = attr_true(c->exporter, s_hot_fd);
+        if (hot_fd < 0)
+            goto fail;
+        Py_INCREF(fr);
+        Py_XSETREF(c->fr, fr);
+        c->fr_start = start;
+        c->fr_end = end;
+        c->fr_delta = d;
+        c->fr_fd = hot_fd;
     }
+    start = c->fr_start;
+    end = c->fr_end;
+    delta = c->fr_delta;
+    /* a + size <= end; a range ending at 2**64 holds a + size <= 2**64 - 1 */
     if (!(start <= a && a + size <= end))
         goto out;
-    if (want) {
-        int fd = attr_true(c->exporter, s_hot_fd);
-        if (fd < 0)
-            goto fail;
-        if (fd)
-            goto out;  /* the reply shares the RAM: Python sends the fd */
-    }
+    if (want && c->fr_fd)
+        goto out;  /* the reply shares the RAM: Python sends the fd */
     host = PyObject_GetAttr(fr, is_write ? s_write_view : s_read_view);
     if (host == NULL)
         goto fail;
     if (host == Py_None)
         goto out;  /* revoke_direct dropped the host view */
-    {
-        PyObject *d = PyObject_GetAttr(fr, s_host_delta);
-        if (d == NULL)
-            goto fail;
-        long long sdelta = PyLong_AsLongLong(d);
-        Py_DECREF(d);
-        if (sdelta == -1 && PyErr_Occurred())
-            goto fail;
-        delta = (uint64_t)sdelta;
-    }
     {
         Py_buffer hb;
         if (PyObject_GetBuffer(host, &hb, is_write ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) {
@@ -703,6 +722,9 @@ hot_serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     c.write_head = PyLong_AsUnsignedLongLong(args[16]);
     c.rr_head = PyLong_AsUnsignedLongLong(args[17]);
     c.wr_head = PyLong_AsUnsignedLongLong(args[18]);
+    c.fr = NULL;
+    c.fr_start = c.fr_end = c.fr_delta = 0;
+    c.fr_fd = 0;
     if (PyErr_Occurred())
         return NULL;
     Py_buffer buf;
@@ -795,6 +817,7 @@ unlock_on_error:
         PyErr_Restore(exc_type, exc_value, exc_tb);
     }
 done:
+    Py_XDECREF(c.fr);
     PyBuffer_Release(&buf);
     return ret;
 }
