@@ -43,3 +43,4 @@ clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
 	rm -f bench-results.json bench-results.md
 	find src tests -name __pycache__ -type d -prune -exec rm -rf {} +
+	find src -name '*.so' -delete  # the built C hot path (pip install builds it again)
