@@ -505,7 +505,7 @@ enum {
     SERVE_SLOW = 1,      /* lock not held: run the Python body from the top */
     SERVE_LOCKED = 2,    /* lock held, nothing received: run the body under the lock */
     SERVE_BYTES = 3,     /* lock held, (3, n): n bytes at buf[0], no fds */
-    SERVE_ANCILLARY = 4, /* lock held, (4, n, anc, flags) */
+    SERVE_ANCILLARY = 4, /* lock held, (4, n, [n, ancillary, flags]) as request() gives it */
     SERVE_EOF = 5,       /* lock held, the peer closed the connection */
 };
 
@@ -678,10 +678,13 @@ quiet(serve_ctx *c)
     return 1;
 }
 
-static PyObject *
-call_release(PyObject *release)
+/* Release the machine lock (release: its bound method); -1 with an exception. */
+static int
+release_lock(PyObject *release)
 {
-    return PyObject_CallNoArgs(release);
+    PyObject *r = PyObject_CallNoArgs(release);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
 }
 
 /*
@@ -770,50 +773,45 @@ hot_serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (q <= 0) {
             if (q == 0)
                 ret = PyLong_FromLong(SERVE_LOCKED);
-            goto unlock_on_error;
+            goto locked_exit;
         }
         PyObject *anc;
         int eof;
         Py_ssize_t n = receive(sock_fd, buf.buf, buf.len, fd_passing, MSG_DONTWAIT, &anc, &eof);
         if (n < 0)
-            goto unlock_on_error;
+            goto locked_exit;
         if (eof) {
             ret = PyLong_FromLong(SERVE_EOF);
             goto done;
         }
         if (anc != NULL) {
             ret = Py_BuildValue("(inN)", SERVE_ANCILLARY, n, anc);
-            goto unlock_on_error;
+            goto locked_exit;
         }
         if (n == 0) {  /* nothing after all (another reader took it): sleep again */
-            PyObject *r = call_release(release);
-            if (r == NULL)
+            if (release_lock(release) < 0)
                 goto done;
-            Py_DECREF(r);
             continue;
         }
         int served = serve_hot(&c, sock_fd, buf.buf, n);
         if (served < 0)
-            goto unlock_on_error;
+            goto locked_exit;
         if (!served) {
             ret = Py_BuildValue("(in)", SERVE_BYTES, n);
-            goto unlock_on_error;
+            goto locked_exit;
         }
         /* The bytes were one whole frame, consumed: the stream moved on. */
         if (add_to_attr(c.mem, s_base, n) < 0)
-            goto unlock_on_error;
-        PyObject *r = call_release(release);
-        if (r == NULL)
+            goto locked_exit;
+        if (release_lock(release) < 0)
             goto done;
-        Py_DECREF(r);
     }
-unlock_on_error:
+locked_exit:
+    /* Leaving with the lock held: Python goes on with it, unless this is an error. */
     if (ret == NULL) {
-        /* An exception with the lock held: release it, keep the exception. */
         PyObject *exc_type, *exc_value, *exc_tb;
         PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-        PyObject *r = call_release(release);
-        Py_XDECREF(r);
+        (void)release_lock(release);
         PyErr_Restore(exc_type, exc_value, exc_tb);
     }
 done:

@@ -1044,27 +1044,14 @@ class Session:
         try:
             while not self._closed:
                 locked = False
-                received = 0  # bytes the C loop left at buf[0] for Python to serve
+                got = None  # what the C loop left for Python, with the lock held
                 if native_serve is not None:
                     try:
                         got = native_serve(*serve_args)
                     except OSError as exc:
                         self._fail(exc)
                         break
-                    if got.__class__ is tuple:
-                        locked = True
-                        received = got[1]
-                        if got[0] == _SERVE_ANCILLARY:
-                            self._received_ancillary(got)
-                            continue
-                    elif got != _SERVE_SLOW:
-                        locked = True
-                        if got == _SERVE_EOF:
-                            try:
-                                self._fail(LinkClosedError(f"{self.peer} closed the connection"))
-                            finally:
-                                lock.release()
-                            break
+                    locked = got != _SERVE_SLOW
                     if not locked:
                         try:
                             os.read(wake, 4096)
@@ -1089,8 +1076,7 @@ class Session:
                 if not locked and not lock.acquire(False) and not self._acquire():
                     break
                 try:
-                    if received:
-                        mem.end = received
+                    received = self._take_native(got) if locked else 0
                     if self._closed:
                         break
                     if importer is not None and importer._zombies:
@@ -1156,19 +1142,25 @@ class Session:
             self._fd_passing, self._peer_read_head, self._peer_write_head,
             self._peer_rr_head, self._peer_wr_head)
 
-    def _received_ancillary(self, got: tuple[int, int, list[object]]) -> None:
-        """Serve what the C loop received with ancillary data. Lock held; releases it."""
-        try:
-            n = got[1]
-            _n, anc, mflags = got[2]
-            mem = self._mem
-            mem._take_ancillary(anc, mflags, n)  # type: ignore[arg-type]
-            mem.end = n
-            self._serve_buffered()
-        except (ProtocolError, LinkError, OSError) as exc:
-            self._fail(exc)
-        finally:
-            self._lock.release()
+    def _take_native(self, got: object) -> int:
+        """Buffer what the C server loop received; return the byte count. Lock held.
+
+        ``got`` is ``SERVE_LOCKED`` (nothing), ``SERVE_EOF``, ``(SERVE_BYTES,
+        n)`` or ``(SERVE_ANCILLARY, n, [n, ancillary, flags])``.
+
+        Raises:
+            LinkClosedError: the peer closed the connection.
+            ProtocolError: ancillary data that is not a clean list of fds.
+        """
+        if got == _SERVE_EOF:
+            raise LinkClosedError(f"{self.peer} closed the connection")
+        if got.__class__ is not tuple:
+            return 0
+        if got[0] == _SERVE_ANCILLARY:  # type: ignore[index]
+            return self._mem.received_natively(got[2])  # type: ignore[index]
+        n: int = got[1]  # type: ignore[index]
+        self._mem.end = n
+        return n
 
     def _serve_buffered(self) -> None:
         """Serve every whole request buffered on the memory channel. Lock held."""
